@@ -1,0 +1,47 @@
+"""Every hook sglang-agent puts into SGLang internals, one module per upstream hook.
+
+Loaded as an SGLang general plugin (entry point group `sglang.srt.plugins`, see setup.py), so
+it runs early in every SGLang process (HTTP server, scheduler, detokenizer). Each hook module
+checks the SGLang version it was written for and fails loudly on another.
+
+What always happens on load: `--radix-cache-backend agent` and the tree-core backend become
+available, and the hint messages are registered for SGLang's IPC. The hooks that change server
+behaviour (hint routes, scheduler dispatch, program-level FCFS) are applied only when the
+server was started through `python -m sglang_agent.launch_server` (env SGLANG_AGENT_ENABLE=1).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from sglang_agent.patches._version import check_sglang_version
+
+logger = logging.getLogger(__name__)
+ENABLE_ENV = "SGLANG_AGENT_ENABLE"
+
+
+def enabled() -> bool:
+    return os.environ.get(ENABLE_ENV) == "1"
+
+
+def load() -> None:
+    """The SGLang plugin entry point."""
+    check_sglang_version()
+    from sglang_agent.cache import register_backend
+    from sglang_agent.patches import ipc_types
+
+    register_backend()
+    ipc_types.apply()
+    if not enabled():
+        return
+    from sglang_agent.patches import (
+        http_server_routes,
+        schedule_policy_fcfs,
+        scheduler_dispatch,
+        tokenizer_communicator,
+    )
+
+    for hook in (scheduler_dispatch, tokenizer_communicator, schedule_policy_fcfs, http_server_routes):
+        hook.register()
+    logger.info("sglang-agent hooks registered")

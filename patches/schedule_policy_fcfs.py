@@ -1,0 +1,29 @@
+"""Hook: SchedulePolicy.calc_priority (AFTER) — program-level FCFS. Under the fcfs policy a
+resumed agent turn is ordered by its program's first arrival (policy/program_fcfs.py)."""
+
+from sglang.srt.plugins.hook_registry import HookRegistry, HookType
+
+from sglang_agent.patches._version import check_sglang_version
+
+TARGET = "sglang.srt.managers.schedule_policy.SchedulePolicy.calc_priority"
+
+
+def _after_calc_priority(result, policy, waiting_queue, *args, **kwargs):
+    from sglang.srt.managers.schedule_policy import CacheAgnosticPolicy
+
+    from sglang_agent.policy.program_fcfs import program_fcfs_key
+
+    controller = getattr(policy.tree_cache, "agent_controller", None)
+    if controller is None or not controller.args.program_fcfs or policy.policy != CacheAgnosticPolicy.FCFS:
+        return result
+    if policy.enable_priority_scheduling:
+        return result  # explicit request priorities win; the upstream sort already ran
+    waiting_queue.sort(
+        key=lambda req: program_fcfs_key(req.time_stats.wait_queue_entry_time, controller.program_arrival(req.rid))
+    )
+    return result
+
+
+def register() -> None:
+    check_sglang_version()
+    HookRegistry.register(TARGET, _after_calc_priority, HookType.AFTER)

@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# One command installs everything sglang-agent needs into ./.venv.
+#   bash scripts/setup.sh          # auto: GPU install if nvidia-smi sees a GPU, else CPU-only
+#   bash scripts/setup.sh --cpu    # lean CPU-only environment (CI, laptops)
+#   bash scripts/setup.sh --gpu    # full `pip install sglang==0.5.23` (CUDA torch, sgl-kernel, flashinfer)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+mode=auto
+case "${1:-}" in
+  --cpu) mode=cpu ;; --gpu) mode=gpu ;; "") ;;
+  -h|--help) sed -n 2,5p "$0"; exit 0 ;;
+  *) echo "unknown option: $1 (try --help)" >&2; exit 2 ;;
+esac
+if [ "$mode" = auto ]; then
+  if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then mode=gpu; else mode=cpu; fi
+fi
+PY=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+VPY=.venv/bin/python
+export PIP_DISABLE_PIP_VERSION_CHECK=1
+# A local wheel cache (e.g. the CPU torch wheel) is used when the machine has one.
+[ -d /opt/wheels ] && export PIP_FIND_LINKS="${PIP_FIND_LINKS:-/opt/wheels}"
+echo "[setup] mode=$mode"
+if [ "$mode" = gpu ]; then
+  "$VPY" -m pip install -q "sglang==0.5.23"
+  "$VPY" -m pip install -q -e ".[dev]"
+  exit 0
+fi
+# CPU: the machine's own constraint file (if any) plus ours; PIP_CONSTRAINT replaces the
+# pip.conf setting, so both are listed.
+cons="$PWD/scripts/cpu-constraints.txt"
+[ -f /etc/xdg/pip/constraints.txt ] && cons="/etc/xdg/pip/constraints.txt $cons"
+export PIP_CONSTRAINT="$cons"
+"$VPY" -m pip install -q "torch==2.13.0+cpu" || "$VPY" -m pip install -q "torch==2.13.0" \
+  --index-url https://download.pytorch.org/whl/cpu
+"$VPY" -m pip install -q --no-deps "sglang==0.5.23"
+"$VPY" -m pip install -q numpy orjson psutil pybase64 requests triton packaging pillow starlette \
+  msgspec pydantic pyzmq tqdm ipython aiohttp transformers dill apache-tvm-ffi sentencepiece \
+  compressed-tensors gguf openai partial_json_parser \
+  uvicorn uvloop fastapi setproctitle einops jsonschema xgrammar soundfile python-multipart
+"$VPY" -m pip install -q --no-deps -e .
+"$VPY" -m pip install -q pytest hypothesis matplotlib pytest-timeout
+echo "[setup] done: $($VPY -c 'import sglang, torch; print("sglang", sglang.__version__, "torch", torch.__version__)')"

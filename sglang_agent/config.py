@@ -1,0 +1,86 @@
+"""`--agent-*` server arguments, in SGLang's ServerArgs style.
+
+They travel from the launcher to the scheduler process in the environment variable
+SGLANG_AGENT_ARGS (JSON), because SGLang's ServerArgs does not know them and the scheduler is
+a spawned process."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+from dataclasses import dataclass
+
+from sglang_agent.policy.ttl import DEFAULT_PRIOR_DURATIONS_S
+
+ENV_VAR = "SGLANG_AGENT_ARGS"
+
+
+@dataclass(frozen=True)
+class AgentServerArgs:
+    max_pinned_fraction: float = 0.5
+    max_ttl_s: float = 60.0
+    prefill_tokens_per_s: float = 10000.0
+    resume_grace_s: float = 5.0
+    memory_cost_scale: float = 1.0
+    tool_prior_s: tuple[float, ...] = DEFAULT_PRIOR_DURATIONS_S
+    program_fcfs: bool = True
+
+    def __post_init__(self):
+        if not 0.0 <= self.max_pinned_fraction <= 1.0:
+            raise ValueError(f"--agent-max-pinned-fraction must be in [0, 1], got {self.max_pinned_fraction}")
+        for name in ("max_ttl_s", "resume_grace_s", "memory_cost_scale"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"--agent-{name.replace('_', '-')} must be >= 0")
+        if self.prefill_tokens_per_s <= 0:
+            raise ValueError("--agent-prefill-tokens-per-s must be > 0")
+        if not self.tool_prior_s or any(d < 0 for d in self.tool_prior_s):
+            raise ValueError("--agent-tool-prior-s needs one or more durations >= 0")
+
+    @staticmethod
+    def add_cli_args(parser: argparse.ArgumentParser) -> None:
+        d = AgentServerArgs()
+        group = parser.add_argument_group("sglang-agent (KV TTL pins for agent tool calls)")
+        group.add_argument("--agent-max-pinned-fraction", type=float, default=d.max_pinned_fraction,
+                           help="Cap on TTL-pinned tokens as a fraction of the KV pool (default %(default)s).")
+        group.add_argument("--agent-max-ttl-s", type=float, default=d.max_ttl_s,
+                           help="Longest TTL a pin may get, seconds (default %(default)s).")
+        group.add_argument("--agent-prefill-tokens-per-s", type=float, default=d.prefill_tokens_per_s,
+                           help="Prefill throughput used to price a re-prefill (default %(default)s).")
+        group.add_argument("--agent-resume-grace-s", type=float, default=d.resume_grace_s,
+                           help="After tool_end, keep the pin this long for the next turn to arrive.")
+        group.add_argument("--agent-memory-cost-scale", type=float, default=d.memory_cost_scale,
+                           help="Weight of the memory a pin holds against the delay it saves.")
+        group.add_argument("--agent-tool-prior-s", type=str, default=",".join(map(str, d.tool_prior_s)),
+                           help="Comma-separated prior tool durations (s) used before a tool has history.")
+        group.add_argument("--agent-disable-program-fcfs", action="store_true",
+                           help="Order resumed turns by their own arrival (upstream FCFS).")
+
+    @classmethod
+    def from_cli_args(cls, args: argparse.Namespace) -> "AgentServerArgs":
+        try:
+            prior = tuple(float(x) for x in args.agent_tool_prior_s.split(",") if x.strip())
+        except ValueError as e:
+            raise ValueError(f"--agent-tool-prior-s: {e}") from None
+        return cls(
+            max_pinned_fraction=args.agent_max_pinned_fraction,
+            max_ttl_s=args.agent_max_ttl_s,
+            prefill_tokens_per_s=args.agent_prefill_tokens_per_s,
+            resume_grace_s=args.agent_resume_grace_s,
+            memory_cost_scale=args.agent_memory_cost_scale,
+            tool_prior_s=prior,
+            program_fcfs=not args.agent_disable_program_fcfs,
+        )
+
+    def to_env(self) -> str:
+        return json.dumps(dataclasses.asdict(self))
+
+    @classmethod
+    def from_env(cls) -> "AgentServerArgs":
+        raw = os.environ.get(ENV_VAR)
+        if not raw:
+            return cls()
+        data = json.loads(raw)
+        data["tool_prior_s"] = tuple(data.get("tool_prior_s", DEFAULT_PRIOR_DURATIONS_S))
+        return cls(**data)

@@ -1,0 +1,248 @@
+"""AgentController: the session state machine behind the hint API.
+
+It turns hints (bind a request to a session, tool_start, tool_end, close) into cache actions
+(record a turn's path, pin it with a TTL, release it) using the pure policies. It imports no
+server code and takes an injected clock, so the scheduler and the eval simulator drive the
+same object."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Callable, Optional
+
+from sglang_agent.config import AgentServerArgs
+from sglang_agent.policy import Clock
+from sglang_agent.policy.pins import plan_pin
+from sglang_agent.policy.ttl import EvictionCost, ToolDurationModel, choose_ttl, memory_cost_rate
+from sglang_agent.server.hints import HintError, InlineAgentHint, ToolStart
+
+if TYPE_CHECKING:
+    from sglang_agent.cache.agent_radix_cache import AgentRadixCache
+
+
+@dataclass(frozen=True)
+class LoadSnapshot:
+    """What the scheduler's queue looks like when a pin is priced."""
+
+    waiting_requests: int = 0
+    waiting_tokens: int = 0
+
+
+@dataclass
+class ToolCall:
+    tool_name: str
+    started_at: float
+    expected_duration_s: Optional[float]
+    ttl_s: float = 0.0
+
+
+@dataclass
+class AgentSession:
+    session_id: str
+    program_arrival: float  # first arrival of the program (program-level FCFS key)
+    running_rids: set[str] = field(default_factory=set)
+    tool: Optional[ToolCall] = None
+    pending_tool: Optional[ToolStart] = None  # declared inline; starts when the turn ends
+    resuming: bool = False  # the next turn follows a tool call
+    turns: int = 0
+
+
+@dataclass
+class AgentStats:
+    tool_calls: int = 0
+    pins_created: int = 0
+    pins_refused: int = 0
+    pins_displaced: int = 0
+    pins_expired_before_tool_end: int = 0
+    resumed_turns: int = 0
+    resumed_turns_with_hit: int = 0
+    resumed_cached_tokens: int = 0
+    resumed_prompt_tokens: int = 0
+
+
+class AgentController:
+    def __init__(
+        self,
+        cache: "AgentRadixCache",
+        args: AgentServerArgs,
+        clock: Clock,
+        load_probe: Callable[[], LoadSnapshot] = LoadSnapshot,
+    ):
+        self.cache = cache
+        self.args = args
+        self.clock = clock
+        self.load_probe = load_probe
+        self.durations = ToolDurationModel(prior_s=args.tool_prior_s)
+        self.sessions: dict[str, AgentSession] = {}
+        self.rid_to_session: dict[str, str] = {}
+        self.stats = AgentStats()
+        cache.turn_listeners.append(self.on_turn_finished)
+
+    # ---- hints ---------------------------------------------------------------------------
+    def bind(self, rid: str, hint: InlineAgentHint) -> dict:
+        """A request of `hint.session_id` arrives (sent before the request itself)."""
+        now = self.clock()
+        if rid in self.rid_to_session:
+            raise HintError(409, f"request id {rid!r} is already bound to a session")
+        session = self.sessions.get(hint.session_id)
+        if session is None:
+            session = self.sessions[hint.session_id] = AgentSession(hint.session_id, program_arrival=now)
+        elif session.tool is not None:
+            # The next turn arriving is the tool's return, stated or not.
+            self._finish_tool(session, now)
+        session.running_rids.add(rid)
+        session.pending_tool = hint.tool_start
+        self.rid_to_session[rid] = hint.session_id
+        return {"session_id": hint.session_id, "rid": rid, "program_arrival": session.program_arrival}
+
+    def tool_start(self, hint: ToolStart) -> dict:
+        session = self._session(hint.session_id)
+        if session.tool is not None:
+            raise HintError(409, f"session {hint.session_id!r} already has tool {session.tool.tool_name!r} running")
+        if session.running_rids:
+            # The turn is still generating: the pin starts when it ends.
+            session.pending_tool = hint
+            return {"session_id": hint.session_id, "deferred": True, "ttl_s": None}
+        return self._start_tool(session, hint)
+
+    def tool_end(self, session_id: str) -> dict:
+        session = self._session(session_id)
+        if session.tool is None:
+            raise HintError(409, f"session {session_id!r} has no tool call in progress (tool_end without tool_start)")
+        return self._finish_tool(session, self.clock())
+
+    def close(self, session_id: str) -> dict:
+        session = self._session(session_id)
+        self.cache.close_agent_session(session_id)
+        for rid in session.running_rids:
+            self.rid_to_session.pop(rid, None)
+        del self.sessions[session_id]
+        return {"session_id": session_id, "closed": True}
+
+    def snapshot(self) -> dict:
+        now = self.clock()
+        live = self.cache.live_pin_sessions(now)
+        return {
+            "sessions": len(self.sessions),
+            "sessions_in_tool_call": sum(1 for s in self.sessions.values() if s.tool is not None),
+            "pinned_tokens": self.cache.pinned_tokens(now),
+            "pins": len(live),
+            "pin_cap_tokens": self._cap_tokens(),
+            **vars(self.stats),
+            "hit_rate_after_tool_calls": (
+                self.stats.resumed_turns_with_hit / self.stats.resumed_turns if self.stats.resumed_turns else None
+            ),
+        }
+
+    def program_arrival(self, rid: str) -> Optional[float]:
+        session_id = self.rid_to_session.get(rid)
+        return None if session_id is None else self.sessions[session_id].program_arrival
+
+    # ---- scheduler events ----------------------------------------------------------------
+    def on_turn_finished(self, req, checkpointed: bool) -> None:
+        session_id = self.rid_to_session.pop(req.rid, None)
+        session = self.sessions.get(session_id) if session_id is not None else None
+        if session is None:
+            return
+        session.running_rids.discard(req.rid)
+        session.turns += 1
+        if session.resuming:
+            session.resuming = False
+            self.stats.resumed_turns += 1
+            cached = int(getattr(req, "cached_tokens", 0) or 0)
+            self.stats.resumed_cached_tokens += cached
+            self.stats.resumed_prompt_tokens += len(req.origin_input_ids)
+            self.stats.resumed_turns_with_hit += cached > 0
+        if checkpointed and req.last_node is not None:
+            self.cache.record_turn(session.session_id, req.last_node)
+        if session.pending_tool is not None and not session.running_rids:
+            hint, session.pending_tool = session.pending_tool, None
+            self._start_tool(session, hint)
+
+    # ---- internals -----------------------------------------------------------------------
+    def _session(self, session_id: str) -> AgentSession:
+        session = self.sessions.get(session_id)
+        if session is None:
+            raise HintError(404, f"unknown session {session_id!r}: send a request with agent.session_id first")
+        return session
+
+    def _cap_tokens(self) -> int:
+        return int(self.args.max_pinned_fraction * self.cache.pool_size_tokens())
+
+    def _start_tool(self, session: AgentSession, hint: ToolStart) -> dict:
+        now = self.clock()
+        self.stats.tool_calls += 1
+        session.resuming = True
+        decision = self._choose_ttl(session.session_id, hint)
+        tool = ToolCall(hint.tool_name, now, hint.expected_duration_s)
+        session.tool = tool
+        body = {
+            "session_id": session.session_id,
+            "tool_name": hint.tool_name,
+            "ttl_s": 0.0,
+            "pinned_tokens": 0,
+            "expected_benefit_s": decision.expected_benefit_s,
+            "expected_cost_s": decision.expected_cost_s,
+            "p_return_within_ttl": decision.p_return_within_ttl,
+            "reason": decision.reason,
+        }
+        if decision.ttl_s <= 0:
+            self.stats.pins_refused += 1
+            return body
+        deadline = now + decision.ttl_s
+        budget = plan_pin(
+            new_tokens=self.cache.unpinned_path_tokens(session.session_id, now),
+            pinned_tokens=self.cache.pinned_tokens(now),
+            cap_tokens=self._cap_tokens(),
+            holdings=[h for h in self.cache.pin_holdings(now) if h.session_id != session.session_id],
+            new_deadline=deadline,
+        )
+        if not budget.admit:
+            self.stats.pins_refused += 1
+            return {**body, "reason": budget.reason}
+        for displaced in budget.release:
+            self.cache.unpin_session(displaced)
+        self.stats.pins_displaced += len(budget.release)
+        tool.ttl_s = decision.ttl_s
+        pinned = self.cache.pin_session(session.session_id, deadline)
+        self.stats.pins_created += 1
+        return {**body, "ttl_s": decision.ttl_s, "ttl_deadline": deadline, "pinned_tokens": pinned,
+                "displaced_sessions": list(budget.release)}
+
+    def _choose_ttl(self, session_id: str, hint: ToolStart):
+        path_tokens = self.cache.session_path_tokens(session_id)
+        load = self.load_probe()
+        pool = max(1, self.cache.pool_size_tokens())
+        cost = EvictionCost(
+            recompute_s=path_tokens / self.args.prefill_tokens_per_s,
+            reload_s=None,  # no host tier yet: a lost prefix is recomputed
+            queue_delay_s=load.waiting_tokens / self.args.prefill_tokens_per_s,
+        )
+        rate = memory_cost_rate(path_tokens / pool, load.waiting_requests, self.args.memory_cost_scale)
+        samples = self.durations.samples(hint.tool_name, hint.expected_duration_s)
+        return choose_ttl(samples, cost, rate, self.args.max_ttl_s)
+
+    def _finish_tool(self, session: AgentSession, now: float) -> dict:
+        tool = session.tool
+        assert tool is not None
+        duration = now - tool.started_at
+        self.durations.observe(tool.tool_name, duration)
+        lost = tool.ttl_s > 0 and duration > tool.ttl_s
+        self.stats.pins_expired_before_tool_end += lost
+        session.tool = None
+        # Keep the pin a short grace so the next turn finds its prefix; it never outlives the TTL.
+        remaining = 0.0
+        if tool.ttl_s > 0 and not lost:
+            deadline = min(tool.started_at + tool.ttl_s, now + self.args.resume_grace_s)
+            self.cache.set_pin_deadline(session.session_id, deadline)
+            remaining = max(0.0, deadline - now)
+        else:
+            self.cache.unpin_session(session.session_id)
+        return {
+            "session_id": session.session_id,
+            "tool_name": tool.tool_name,
+            "tool_duration_s": duration,
+            "pin_expired_before_return": bool(lost),
+            "pin_remaining_s": remaining if math.isfinite(remaining) else 0.0,
+        }

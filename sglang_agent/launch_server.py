@@ -1,0 +1,59 @@
+"""Start SGLang's server with the agent cache and hint API.
+
+    python -m sglang_agent.launch_server [--agent-* options] <any sglang.launch_server args>
+
+The --agent-* options are ours (see --help); everything else goes to SGLang unchanged.
+`--radix-cache-backend agent` is added unless another backend is named."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from importlib.metadata import entry_points
+
+from sglang_agent.config import ENV_VAR, AgentServerArgs
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m sglang_agent.launch_server",
+        description="SGLang server with agent-aware KV caching (TTL pins across tool calls) "
+        "and the /agent/* hint API. Unknown options are passed to sglang.launch_server; "
+        "run `python -m sglang.launch_server --help` for those.",
+        add_help=True,
+    )
+    AgentServerArgs.add_cli_args(parser)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = _parser()
+    ours, rest = parser.parse_known_args(argv)
+    try:
+        agent_args = AgentServerArgs.from_cli_args(ours)
+    except ValueError as e:
+        parser.error(str(e))
+    if not any(ep.name == "sglang_agent" for ep in entry_points(group="sglang.srt.plugins")):
+        parser.error("the sglang_agent plugin is not installed: run `pip install -e .` (or bash scripts/setup.sh)")
+    os.environ["SGLANG_AGENT_ENABLE"] = "1"
+    os.environ[ENV_VAR] = agent_args.to_env()
+    if not any(a == "--radix-cache-backend" or a.startswith("--radix-cache-backend=") for a in rest):
+        rest += ["--radix-cache-backend", "agent"]
+
+    from sglang.launch_server import run_server
+    from sglang.srt.plugins import load_plugins
+    from sglang.srt.server_args import prepare_server_args
+    from sglang.srt.utils import kill_process_tree
+
+    load_plugins()
+    server_args = prepare_server_args(rest)
+    try:
+        run_server(server_args)
+    finally:
+        kill_process_tree(os.getpid(), include_parent=False)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,105 @@
+"""Hint payloads: parsing and validation (pure). A bad hint raises HintError, which the HTTP
+layer turns into a 4xx with a JSON reason before anything reaches the scheduler."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Optional
+
+MAX_ID_CHARS = 256
+# A declared tool duration beyond a day is a client bug, not a plan.
+MAX_DECLARED_DURATION_S = 86_400.0
+
+
+class HintError(Exception):
+    def __init__(self, status: int, reason: str):
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+    def to_body(self) -> dict:
+        return {"error": self.reason, "status": self.status}
+
+
+@dataclass(frozen=True)
+class ToolStart:
+    session_id: str
+    tool_name: str
+    expected_duration_s: Optional[float] = None
+
+
+@dataclass(frozen=True)
+class SessionRef:
+    session_id: str
+
+
+@dataclass(frozen=True)
+class InlineAgentHint:
+    """The `agent` object of a /generate or /v1/chat/completions body."""
+
+    session_id: str
+    tool_start: Optional[ToolStart] = None  # this turn ends in a tool call
+
+
+def _require_object(body: Any, where: str) -> dict:
+    if not isinstance(body, dict):
+        raise HintError(400, f"{where} must be a JSON object")
+    return body
+
+
+def _check_keys(body: dict, allowed: set[str], where: str) -> None:
+    unknown = sorted(set(body) - allowed)
+    if unknown:
+        raise HintError(400, f"{where}: unknown field(s) {unknown}; allowed {sorted(allowed)}")
+
+
+def _identifier(body: dict, key: str, where: str) -> str:
+    value = body.get(key)
+    if not isinstance(value, str) or not value.strip():
+        raise HintError(400, f"{where}: '{key}' must be a non-empty string")
+    if len(value) > MAX_ID_CHARS:
+        raise HintError(400, f"{where}: '{key}' is longer than {MAX_ID_CHARS} characters")
+    return value
+
+
+def _duration(body: dict, key: str, where: str) -> Optional[float]:
+    value = body.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise HintError(400, f"{where}: '{key}' must be a number of seconds")
+    value = float(value)
+    if not math.isfinite(value) or value < 0:
+        raise HintError(400, f"{where}: '{key}' must be finite and >= 0, got {value}")
+    if value > MAX_DECLARED_DURATION_S:
+        raise HintError(400, f"{where}: '{key}' = {value} s is beyond {MAX_DECLARED_DURATION_S:.0f} s")
+    return value
+
+
+def parse_tool_start(body: Any, where: str = "tool_start") -> ToolStart:
+    body = _require_object(body, where)
+    _check_keys(body, {"session_id", "tool_name", "expected_duration_s"}, where)
+    return ToolStart(
+        session_id=_identifier(body, "session_id", where),
+        tool_name=_identifier(body, "tool_name", where),
+        expected_duration_s=_duration(body, "expected_duration_s", where),
+    )
+
+
+def parse_session_ref(body: Any, where: str) -> SessionRef:
+    body = _require_object(body, where)
+    _check_keys(body, {"session_id"}, where)
+    return SessionRef(_identifier(body, "session_id", where))
+
+
+def parse_inline(body: Any) -> InlineAgentHint:
+    where = "agent"
+    body = _require_object(body, where)
+    _check_keys(body, {"session_id", "tool_start"}, where)
+    session_id = _identifier(body, "session_id", where)
+    tool_start = None
+    if body.get("tool_start") is not None:
+        raw = _require_object(body["tool_start"], "agent.tool_start")
+        tool_start = parse_tool_start({**raw, "session_id": session_id}, "agent.tool_start")
+    return InlineAgentHint(session_id, tool_start)
