@@ -1,0 +1,137 @@
+"""AgentController over a CPU AgentRadixCache with a fake clock: the hint state machine."""
+
+from dataclasses import dataclass, field
+
+import pytest
+
+from sglang_agent.config import AgentServerArgs
+from sglang_agent.controller import AgentController, LoadSnapshot
+from sglang_agent.server.hints import HintError, InlineAgentHint, ToolStart
+from test_agent_radix_cache import insert, make_cache
+
+
+@dataclass
+class FakeReq:
+    rid: str
+    last_node: int
+    origin_input_ids: list = field(default_factory=list)
+    cached_tokens: int = 0
+
+
+def setup(pool=200, **args):
+    cache, clock = make_cache(pool)
+    controller = AgentController(cache, AgentServerArgs(**args), clock)
+    return cache, clock, controller
+
+
+def run_turn(cache, controller, session, rid, key, cached=0, tool=None):
+    controller.bind(rid, InlineAgentHint(session, tool))
+    result = insert(cache, key)
+    controller.on_turn_finished(FakeReq(rid, result.last_device_node, list(key), cached), True)
+
+
+def test_tool_call_pins_and_resume_counts_hit():
+    cache, clock, ctl = setup()
+    run_turn(cache, ctl, "a", "r1", range(40))
+    answer = ctl.tool_start(ToolStart("a", "bash", expected_duration_s=2.0))
+    assert answer["ttl_s"] == pytest.approx(2.5) and answer["pinned_tokens"] == 40
+    clock.now = 1.0
+    end = ctl.tool_end("a")
+    assert end["tool_duration_s"] == pytest.approx(1.0) and end["pin_remaining_s"] > 0
+    run_turn(cache, ctl, "a", "r2", list(range(40)) + [7, 7], cached=40)
+    stats = ctl.snapshot()
+    assert stats["resumed_turns"] == 1 and stats["resumed_turns_with_hit"] == 1
+    assert stats["hit_rate_after_tool_calls"] == 1.0
+    assert ctl.durations.samples("bash")[0] == pytest.approx(1.0)
+
+
+def test_bad_hints_change_nothing():
+    cache, clock, ctl = setup()
+    run_turn(cache, ctl, "a", "r1", range(10))
+    before = ctl.snapshot()
+    with pytest.raises(HintError) as e:
+        ctl.tool_end("a")
+    assert e.value.status == 409
+    with pytest.raises(HintError) as e:
+        ctl.tool_start(ToolStart("ghost", "bash"))
+    assert e.value.status == 404
+    with pytest.raises(HintError) as e:
+        ctl.close("ghost")
+    assert e.value.status == 404
+    ctl.tool_start(ToolStart("a", "bash"))
+    with pytest.raises(HintError) as e:
+        ctl.tool_start(ToolStart("a", "bash"))
+    assert e.value.status == 409
+    pinned = ctl.snapshot()["pinned_tokens"]
+    ctl.bind("r2", InlineAgentHint("b"))
+    with pytest.raises(HintError) as e:
+        ctl.bind("r2", InlineAgentHint("a"))
+    assert e.value.status == 409
+    assert before["pinned_tokens"] == 0 and ctl.snapshot()["pinned_tokens"] == pinned
+    assert ctl.snapshot()["tool_calls"] == 1 and ctl.sessions["a"].tool is not None
+
+
+def test_inline_tool_start_pins_when_turn_ends():
+    cache, clock, ctl = setup()
+    run_turn(cache, ctl, "a", "r1", range(30), tool=ToolStart("a", "search", 1.0))
+    assert cache.session_pinned_tokens("a") == 30
+    assert ctl.sessions["a"].tool.tool_name == "search"
+
+
+def test_tool_start_during_running_turn_is_deferred():
+    cache, clock, ctl = setup()
+    ctl.bind("r1", InlineAgentHint("a"))
+    assert ctl.tool_start(ToolStart("a", "bash", 1.0))["deferred"] is True
+    result = insert(cache, range(20))
+    ctl.on_turn_finished(FakeReq("r1", result.last_device_node, list(range(20))), True)
+    assert cache.session_pinned_tokens("a") == 20
+
+
+def test_tool_that_never_returns_frees_at_ttl():
+    cache, clock, ctl = setup()
+    run_turn(cache, ctl, "a", "r1", range(30))
+    ttl = ctl.tool_start(ToolStart("a", "bash", 2.0))["ttl_s"]
+    clock.now = ttl + 0.01
+    assert ctl.snapshot()["pinned_tokens"] == 0
+    assert ctl.tool_end("a")["pin_expired_before_return"] is True
+    assert ctl.snapshot()["pins_expired_before_tool_end"] == 1
+
+
+def test_close_returns_pinned_tokens_to_zero():
+    cache, clock, ctl = setup()
+    for s in ("a", "b"):
+        run_turn(cache, ctl, s, f"{s}1", [ord(s)] + list(range(20)))
+        ctl.tool_start(ToolStart(s, "bash", 5.0))
+    assert ctl.snapshot()["pinned_tokens"] == 42  # 20 tokens shared, pinned once
+    ctl.close("a")
+    ctl.close("b")
+    assert ctl.snapshot()["pinned_tokens"] == 0 and ctl.snapshot()["sessions"] == 0
+
+
+def test_pin_cap_displaces_sooner_pin_and_refuses_oversize():
+    cache, clock, ctl = setup(pool=100, max_pinned_fraction=0.5)
+    run_turn(cache, ctl, "a", "a1", range(0, 30))
+    ctl.tool_start(ToolStart("a", "t", 1.0))
+    run_turn(cache, ctl, "b", "b1", range(100, 130))
+    answer = ctl.tool_start(ToolStart("b", "t", 10.0))
+    assert answer["displaced_sessions"] == ["a"] and ctl.snapshot()["pinned_tokens"] == 30
+    run_turn(cache, ctl, "c", "c1", range(200, 260))
+    assert ctl.tool_start(ToolStart("c", "t", 1.0))["ttl_s"] == 0.0  # 60 tokens > cap of 50
+    assert ctl.snapshot()["pins_refused"] == 1
+
+
+def test_busy_server_shortens_or_skips_the_pin():
+    cache, clock, ctl = setup(pool=100)
+    ctl.load_probe = lambda: LoadSnapshot(waiting_requests=50, waiting_tokens=0)
+    run_turn(cache, ctl, "a", "r1", range(40))
+    answer = ctl.tool_start(ToolStart("a", "slow_tool", 30.0))
+    assert answer["ttl_s"] == 0.0 and answer["pinned_tokens"] == 0
+
+
+def test_program_arrival_is_the_first_turn():
+    cache, clock, ctl = setup()
+    run_turn(cache, ctl, "a", "r1", range(5))
+    clock.now = 9.0
+    ctl.bind("r2", InlineAgentHint("a"))
+    assert ctl.program_arrival("r2") == 0.0
+    assert ctl.program_arrival("unrelated") is None

@@ -1,0 +1,124 @@
+"""End to end on a real SGLang server on the CPU: a two-turn agent with a tool call between its
+turns while other requests fill the KV pool; hint API errors; OpenAI extra_body; session close."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import requests
+
+from server_fixture import RunningServer
+
+POOL_TOKENS = 2048
+WORDS = "the agent calls a tool and waits for the result before the next turn".split()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    srv = RunningServer(tmp_path_factory.mktemp("e2e"), ["--max-total-tokens", str(POOL_TOKENS)])
+    yield srv
+    srv.stop()
+
+
+def prompt(seed: int, words: int = 120) -> str:
+    rnd = random.Random(seed)
+    return " ".join(f"{rnd.choice(WORDS)}{rnd.randint(0, 99)}" for _ in range(words))
+
+
+def generate(server, text, agent=None, max_new_tokens=8, **extra):
+    body = {"text": text, "sampling_params": {"max_new_tokens": max_new_tokens, "temperature": 0, "ignore_eos": True},
+            **extra}
+    if agent is not None:
+        body["agent"] = agent
+    return requests.post(server.url + "/generate", json=body, timeout=120)
+
+
+def stats(server) -> dict:
+    r = requests.get(server.url + "/agent/stats", timeout=30)
+    assert r.status_code == 200
+    return r.json()
+
+
+def test_pin_keeps_prefix_across_tool_call_under_pool_pressure(server):
+    turn1 = {s: generate(server, prompt(seed), {"session_id": s}).json() for s, seed in (("pinned", 1), ("unpinned", 2))}
+    start = requests.post(server.url + "/agent/tool_start",
+                          json={"session_id": "pinned", "tool_name": "bash", "expected_duration_s": 5}, timeout=30)
+    assert start.status_code == 200, start.text
+    assert start.json()["ttl_s"] > 0 and start.json()["pinned_tokens"] > 0
+    assert stats(server)["pinned_tokens"] == start.json()["pinned_tokens"]
+
+    # Other traffic fills the pool several times over while the tool runs.
+    filled = 0
+    for i in range(10):
+        filled += generate(server, prompt(100 + i)).json()["meta_info"]["prompt_tokens"]
+    assert filled > 1.5 * POOL_TOKENS
+
+    end = requests.post(server.url + "/agent/tool_end", json={"session_id": "pinned"}, timeout=30)
+    assert end.status_code == 200 and end.json()["pin_expired_before_return"] is False
+    cached = {}
+    for s, seed in (("pinned", 1), ("unpinned", 2)):
+        resumed = prompt(seed) + turn1[s]["text"] + " tool returned: ok"
+        cached[s] = generate(server, resumed, {"session_id": s}).json()["meta_info"]["cached_tokens"]
+    first_prompt = turn1["pinned"]["meta_info"]["prompt_tokens"]
+    assert cached["pinned"] >= first_prompt, cached  # the whole first turn is still on GPU
+    assert cached["unpinned"] < 16, cached  # LRU evicted the session without a pin
+    after = stats(server)
+    assert after["resumed_turns_with_hit"] >= 1 and after["resumed_cached_tokens"] >= first_prompt
+
+
+BAD_HINTS = [
+    ("post", "/agent/tool_end", {"session_id": "never-seen"}, 404),
+    ("post", "/agent/tool_start", {"session_id": "never-seen", "tool_name": "bash"}, 404),
+    ("post", "/agent/session/close", {"session_id": "never-seen"}, 404),
+    ("post", "/agent/tool_end", {"session_id": "idle"}, 409),
+    ("post", "/agent/tool_start", {"session_id": "idle", "tool_name": "bash", "expected_duration_s": -3}, 400),
+    ("post", "/agent/tool_start", {"session_id": "idle", "tool_name": "bash", "expected_duration_s": 1e12}, 400),
+    ("post", "/agent/tool_start", {"session_id": "idle", "tool_name": "", "expected_duration_s": 1}, 400),
+    ("post", "/agent/tool_start", {"session_id": "idle", "tool_name": "x", "surprise": 1}, 400),
+    ("post", "/agent/tool_start", ["not", "an", "object"], 400),
+    ("raw", "/agent/tool_start", b"{this is not json", 400),
+    ("raw", "/agent/tool_end", b"", 400),
+]
+
+
+def test_bad_hints_get_4xx_and_change_nothing(server):
+    assert generate(server, prompt(7), {"session_id": "idle"}).status_code == 200
+    before = stats(server)
+    for kind, path, body, status in BAD_HINTS:
+        if kind == "raw":
+            r = requests.post(server.url + path, data=body, headers={"Content-Type": "application/json"}, timeout=30)
+        else:
+            r = requests.post(server.url + path, json=body, timeout=30)
+        assert r.status_code == status, (path, body, r.status_code, r.text)
+        assert "error" in r.json()
+    # Inline hints are validated before the request runs.
+    bad_inline = [
+        generate(server, "hi", {"session_id": ""}),
+        generate(server, "hi", {"session_id": "x", "tool_start": {"tool_name": "b", "expected_duration_s": "soon"}}),
+        generate(server, "hi", "not-an-object"),
+        requests.post(server.url + "/generate", json={"text": ["a", "b"], "agent": {"session_id": "x"}}, timeout=30),
+        requests.post(server.url + "/v1/chat/completions", timeout=30, json={
+            "model": "m", "messages": [{"role": "user", "content": "hi"}], "n": 2, "agent": {"session_id": "x"}}),
+    ]
+    assert [r.status_code for r in bad_inline] == [400] * len(bad_inline), [r.text for r in bad_inline]
+    assert stats(server) == before
+
+
+def test_openai_client_extra_body_and_session_close(server):
+    import openai
+    client = openai.OpenAI(base_url=server.url + "/v1", api_key="none")
+    sessions_before = stats(server)["sessions"]
+    reply = client.chat.completions.create(
+        model="tiny", messages=[{"role": "user", "content": prompt(11)}], max_tokens=4, temperature=0,
+        extra_body={"agent": {"session_id": "oai", "tool_start": {"tool_name": "web_search", "expected_duration_s": 3}}},
+    )
+    assert reply.usage.prompt_tokens > 0
+    now = stats(server)
+    assert now["sessions"] == sessions_before + 1 and now["pinned_tokens"] > 0
+    closed = requests.post(server.url + "/agent/session/close", json={"session_id": "oai"}, timeout=30)
+    assert closed.status_code == 200
+    for s in ("pinned", "unpinned", "idle"):
+        requests.post(server.url + "/agent/session/close", json={"session_id": s}, timeout=30)
+    after = stats(server)
+    assert after["pinned_tokens"] == 0 and after["pins"] == 0

@@ -1,0 +1,49 @@
+import math
+
+import pytest
+
+from sglang_agent.server.hints import HintError, parse_inline, parse_session_ref, parse_tool_start
+
+
+def test_tool_start_ok():
+    hint = parse_tool_start({"session_id": "s", "tool_name": "bash", "expected_duration_s": 3})
+    assert hint.expected_duration_s == 3.0 and hint.tool_name == "bash"
+    assert parse_tool_start({"session_id": "s", "tool_name": "bash"}).expected_duration_s is None
+
+
+@pytest.mark.parametrize(
+    "body, fragment",
+    [
+        ([], "JSON object"),
+        ({"tool_name": "bash"}, "session_id"),
+        ({"session_id": "", "tool_name": "bash"}, "session_id"),
+        ({"session_id": "s"}, "tool_name"),
+        ({"session_id": "s", "tool_name": "b", "expected_duration_s": -1}, ">= 0"),
+        ({"session_id": "s", "tool_name": "b", "expected_duration_s": math.inf}, "finite"),
+        ({"session_id": "s", "tool_name": "b", "expected_duration_s": 1e9}, "beyond"),
+        ({"session_id": "s", "tool_name": "b", "expected_duration_s": "3"}, "number"),
+        ({"session_id": "s", "tool_name": "b", "expected_duration_s": True}, "number"),
+        ({"session_id": "s", "tool_name": "b", "color": 1}, "unknown field"),
+        ({"session_id": "x" * 300, "tool_name": "b"}, "longer"),
+    ],
+)
+def test_tool_start_rejects(body, fragment):
+    with pytest.raises(HintError) as err:
+        parse_tool_start(body)
+    assert err.value.status == 400 and fragment in err.value.reason
+
+
+def test_inline_hint():
+    hint = parse_inline({"session_id": "s", "tool_start": {"tool_name": "search", "expected_duration_s": 1}})
+    assert hint.session_id == "s" and hint.tool_start.session_id == "s"
+    assert parse_inline({"session_id": "s"}).tool_start is None
+    with pytest.raises(HintError):
+        parse_inline({"session_id": "s", "tool_start": {"tool_name": ""}})
+    with pytest.raises(HintError):
+        parse_inline("s")
+
+
+def test_session_ref():
+    assert parse_session_ref({"session_id": "a"}, "tool_end").session_id == "a"
+    with pytest.raises(HintError):
+        parse_session_ref({"session_id": "a", "extra": 1}, "tool_end")
