@@ -22,6 +22,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK=1
 [ -d /opt/wheels ] && export PIP_FIND_LINKS="${PIP_FIND_LINKS:-/opt/wheels}"
 echo "[setup] mode=$mode"
 if [ "$mode" = gpu ]; then
+  rm -f .venv/lib/python*/site-packages/sglang_agent_cpu_stubs.pth  # stand-ins never on the GPU path
   "$VPY" -m pip install -q "sglang==0.5.23"
   "$VPY" -m pip install -q -e ".[dev]"
   exit 0
@@ -40,4 +41,7 @@ export PIP_CONSTRAINT="$cons"
   uvicorn uvloop fastapi setproctitle einops jsonschema xgrammar soundfile python-multipart
 "$VPY" -m pip install -q --no-deps -e .
 "$VPY" -m pip install -q pytest hypothesis matplotlib pytest-timeout
+# Import-only stand-ins for torchvision and vllm._custom_ops (CPU path only; see the README there).
+site=$("$VPY" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+echo "$PWD/scripts/cpu_stubs" > "$site/sglang_agent_cpu_stubs.pth"
 echo "[setup] done: $($VPY -c 'import sglang, torch; print("sglang", sglang.__version__, "torch", torch.__version__)')"
