@@ -59,15 +59,15 @@ def check_transfer(buffers: Sequence[torch.Tensor], slots: torch.Tensor, staging
 
 def torch_gather(buffers: Sequence[torch.Tensor], slots: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
     check_transfer(buffers, slots, out, scatter=False)
-    for b, buf in enumerate(buffers):
-        out[b].copy_(buf.index_select(0, slots.to(buf.device)))
+    for b, buf in enumerate(buffers):  # through byte views: a copy, never arithmetic
+        out[b].view(torch.uint8).copy_(buf.view(torch.uint8).index_select(0, slots.to(buf.device)))
     return out
 
 
 def torch_scatter(buffers: Sequence[torch.Tensor], slots: torch.Tensor, src: torch.Tensor) -> None:
     check_transfer(buffers, slots, src, scatter=True)
     for b, buf in enumerate(buffers):
-        buf.index_copy_(0, slots.to(buf.device), src[b].to(buf.device))
+        buf.view(torch.uint8).index_copy_(0, slots.to(buf.device), src[b].to(buf.device).view(torch.uint8))
 
 
 def _triton_usable(tensor: torch.Tensor) -> bool:
