@@ -277,7 +277,18 @@ class AgentCacheMachine(RuleBasedStateMachine):
 
 
 AgentCacheMachine.TestCase.settings = settings(
-    max_examples=60, stateful_step_count=40, deadline=None,
+    max_examples=150, stateful_step_count=40, deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
 )
 TestAgentCacheMachine = AgentCacheMachine.TestCase
+
+
+def test_pinned_tokens_drop_when_pressure_evicts_the_pin():
+    # Found by the state machine: an evicted (deleted) node kept counting as pinned.
+    cache, clock = make_cache()
+    turn = insert(cache, [3])
+    cache.record_turn("s0", turn.last_device_node)
+    cache.pin_session("s0", 1.0)
+    cache.evict(EvictParams(num_tokens=1))
+    assert cache.pinned_tokens() == 0 and cache.session_pinned_tokens("s0") == 0
+    assert cache.pin_holdings() == []

@@ -71,6 +71,10 @@ class AgentRadixCache(UnifiedRadixCache):
         node = self.tree_core._node_arena.get(node_id) if node_id is not None else None
         return None if node is None or node is self.tree_core.root_node else node
 
+    def _device_tokens(self, node: AgentTreeNode) -> int:
+        """Tokens of `node` on GPU; 0 once eviction has taken it out of the tree."""
+        return node.device_tokens if self.tree_core._node_arena.get(node.id) is node else 0
+
     def _path(self, node: Optional[AgentTreeNode]) -> Iterable[AgentTreeNode]:
         root = self.tree_core.root_node
         while node is not None and node is not root:
@@ -128,7 +132,7 @@ class AgentRadixCache(UnifiedRadixCache):
             node
             for nodes in self._pinned_nodes.values()
             for node in nodes
-            if node.device_tokens and is_pin_live(node.ttl_deadline, now)
+            if self._device_tokens(node) and is_pin_live(node.ttl_deadline, now)
         }
 
     def pinned_tokens(self, now: Optional[float] = None) -> int:
@@ -138,7 +142,7 @@ class AgentRadixCache(UnifiedRadixCache):
     def session_pinned_tokens(self, session_id: str, now: Optional[float] = None) -> int:
         now = self.clock() if now is None else now
         return sum(
-            n.device_tokens
+            self._device_tokens(n)
             for n in self._pinned_nodes.get(session_id, ())
             if is_pin_live(n.pin_deadlines.get(session_id), now)
         )
@@ -164,11 +168,11 @@ class AgentRadixCache(UnifiedRadixCache):
         now = self.clock() if now is None else now
         holdings = []
         for session_id, nodes in self._pinned_nodes.items():
-            live = [n for n in nodes if n.device_tokens and is_pin_live(n.pin_deadlines.get(session_id), now)]
+            live = [n for n in nodes if self._device_tokens(n) and is_pin_live(n.pin_deadlines.get(session_id), now)]
             if not live:
                 continue
             exclusive = sum(
-                n.device_tokens
+                self._device_tokens(n)
                 for n in live
                 if not any(is_pin_live(d, now) for s, d in n.pin_deadlines.items() if s != session_id)
             )
