@@ -154,8 +154,9 @@ class AgentController:
             self.stats.resumed_cached_tokens += cached
             self.stats.resumed_prompt_tokens += len(req.origin_input_ids)
             self.stats.resumed_turns_with_hit += cached > 0
-        if checkpointed and req.last_node is not None:
-            self.cache.record_turn(session.session_id, req.last_node)
+        last_node = getattr(req, "last_node", None)  # unset when the request never reached the tree
+        if checkpointed and last_node is not None:
+            self.cache.record_turn(session.session_id, last_node)
         if session.pending_tool is not None and not session.running_rids:
             hint, session.pending_tool = session.pending_tool, None
             self._start_tool(session, hint)

@@ -31,7 +31,7 @@ def _word_dtype(row_bytes: int) -> torch.dtype:
     raise AssertionError("unreachable: int8 divides every row")
 
 
-def check_transfer(buffers: Sequence[torch.Tensor], slots: torch.Tensor, staging: torch.Tensor, scatter: bool) -> None:
+def check_transfer(buffers: Sequence[torch.Tensor], slots: torch.Tensor, staging: torch.Tensor) -> None:
     """Validate a transfer; raises ValueError with what is wrong."""
     if not buffers:
         raise ValueError("no KV buffers given")
@@ -58,14 +58,14 @@ def check_transfer(buffers: Sequence[torch.Tensor], slots: torch.Tensor, staging
 
 
 def torch_gather(buffers: Sequence[torch.Tensor], slots: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-    check_transfer(buffers, slots, out, scatter=False)
+    check_transfer(buffers, slots, out)
     for b, buf in enumerate(buffers):  # through byte views: a copy, never arithmetic
         out[b].view(torch.uint8).copy_(buf.view(torch.uint8).index_select(0, slots.to(buf.device)))
     return out
 
 
 def torch_scatter(buffers: Sequence[torch.Tensor], slots: torch.Tensor, src: torch.Tensor) -> None:
-    check_transfer(buffers, slots, src, scatter=True)
+    check_transfer(buffers, slots, src)
     for b, buf in enumerate(buffers):
         buf.view(torch.uint8).index_copy_(0, slots.to(buf.device), src[b].to(buf.device).view(torch.uint8))
 
@@ -98,7 +98,7 @@ def gather(buffers: Sequence[torch.Tensor], slots: torch.Tensor, out: torch.Tens
     """out[b, i] = buffers[b][slots[i]]; Triton on CUDA (or under TRITON_INTERPRET=1), else torch."""
     if not buffers or not _triton_usable(buffers[0]):
         return torch_gather(buffers, slots, out)
-    check_transfer(buffers, slots, out, scatter=False)
+    check_transfer(buffers, slots, out)
     if slots.numel():
         _launch(buffers, slots, out, to_staging=True, block_slots=block_slots)
     return out
@@ -108,6 +108,6 @@ def scatter(buffers: Sequence[torch.Tensor], slots: torch.Tensor, src: torch.Ten
     """buffers[b][slots[i]] = src[b, i]; Triton on CUDA (or under TRITON_INTERPRET=1), else torch."""
     if not buffers or not _triton_usable(buffers[0]):
         return torch_scatter(buffers, slots, src)
-    check_transfer(buffers, slots, src, scatter=True)
+    check_transfer(buffers, slots, src)
     if slots.numel():
         _launch(buffers, slots, src, to_staging=False, block_slots=block_slots)
