@@ -15,7 +15,8 @@ from sglang_agent.config import AgentServerArgs
 from sglang_agent.policy import Clock
 from sglang_agent.policy.pins import plan_pin
 from sglang_agent.policy.ttl import EvictionCost, ToolDurationModel, choose_ttl, memory_cost_rate
-from sglang_agent.server.hints import HintError, InlineAgentHint, ToolStart
+from sglang_agent.policy.workflow import Workflow, WorkflowError
+from sglang_agent.server.hints import HintError, InlineAgentHint, ToolStart, WorkflowDef, WorkflowStep
 
 if TYPE_CHECKING:
     from sglang_agent.cache.agent_radix_cache import AgentRadixCache
@@ -76,6 +77,9 @@ class AgentController:
         self.durations = ToolDurationModel(prior_s=args.tool_prior_s)
         self.sessions: dict[str, AgentSession] = {}
         self.rid_to_session: dict[str, str] = {}
+        self.workflows: dict[str, Workflow] = {}
+        # (workflow id, agent id) -> session whose cached turns are that agent's prefix
+        self.agent_sessions: dict[tuple[str, str], str] = {}
         self.stats = AgentStats()
         cache.turn_listeners.append(self.on_turn_finished)
 
@@ -85,6 +89,8 @@ class AgentController:
         now = self.clock()
         if rid in self.rid_to_session:
             raise HintError(409, f"request id {rid!r} is already bound to a session")
+        if hint.workflow_step is not None:
+            self.workflow_step(hint.workflow_step)  # validated before anything changes
         session = self.sessions.get(hint.session_id)
         if session is None:
             session = self.sessions[hint.session_id] = AgentSession(hint.session_id, program_arrival=now)
@@ -120,6 +126,50 @@ class AgentController:
         del self.sessions[session_id]
         return {"session_id": session_id, "closed": True}
 
+    def declare_workflow(self, definition: WorkflowDef) -> dict:
+        if definition.workflow_id in self.workflows:
+            raise HintError(409, f"workflow {definition.workflow_id!r} is already declared")
+        agent_ids = [a.agent_id for a in definition.agents]
+        sessions = [a.session_id for a in definition.agents]
+        if len(set(sessions)) != len(sessions):
+            raise HintError(400, "workflow: two agents share one session_id")
+        try:
+            if definition.schedule is not None:
+                workflow = Workflow.from_schedule(definition.workflow_id, agent_ids, list(definition.schedule))
+            else:
+                workflow = Workflow.from_graph(definition.workflow_id, agent_ids, list(definition.edges), definition.dag)
+        except WorkflowError as e:
+            raise HintError(400, f"workflow: {e}") from None
+        self.workflows[definition.workflow_id] = workflow
+        for agent in definition.agents:
+            self.agent_sessions[(definition.workflow_id, agent.agent_id)] = agent.session_id
+        return {"workflow_id": definition.workflow_id, "steps_to_execution": self._push_steps(workflow)}
+
+    def workflow_step(self, step: WorkflowStep) -> dict:
+        workflow = self.workflows.get(step.workflow_id)
+        if workflow is None:
+            raise HintError(404, f"unknown workflow {step.workflow_id!r}: declare it with POST /agent/workflow")
+        try:
+            workflow.advance(step.agent_id)
+        except WorkflowError as e:
+            raise HintError(404 if "unknown agent" in str(e) else 409, str(e)) from None
+        return {"workflow_id": step.workflow_id, "steps_to_execution": self._push_steps(workflow)}
+
+    def _push_steps(self, workflow: Workflow) -> dict[str, Optional[int]]:
+        """Give the cache the new steps of this workflow's agent sessions; a session that serves
+        in several workflows is needed as soon as the soonest of them needs it."""
+        steps = workflow.steps_to_execution()
+        sessions = {self.agent_sessions[(workflow.workflow_id, a)] for a in workflow.agents}
+        per_session: dict[str, Optional[int]] = {s: None for s in sessions}
+        for (wf_id, agent_id), session_id in self.agent_sessions.items():
+            if session_id not in sessions:
+                continue
+            value = steps[agent_id] if wf_id == workflow.workflow_id else self.workflows[wf_id].steps_to_execution()[agent_id]
+            if value is not None and (per_session[session_id] is None or value < per_session[session_id]):
+                per_session[session_id] = value
+        self.cache.set_session_steps(per_session)
+        return steps
+
     def snapshot(self) -> dict:
         now = self.clock()
         live = self.cache.live_pin_sessions(now)
@@ -129,6 +179,7 @@ class AgentController:
             "pinned_tokens": self.cache.pinned_tokens(now),
             "pins": len(live),
             "pin_cap_tokens": self._cap_tokens(),
+            "workflows": len(self.workflows),
             **vars(self.stats),
             "hit_rate_after_tool_calls": (
                 self.stats.resumed_turns_with_hit / self.stats.resumed_turns if self.stats.resumed_turns else None

@@ -135,3 +135,62 @@ def test_program_arrival_is_the_first_turn():
     ctl.bind("r2", InlineAgentHint("a"))
     assert ctl.program_arrival("r2") == 0.0
     assert ctl.program_arrival("unrelated") is None
+
+
+from sglang.srt.mem_cache.base_prefix_cache import EvictParams  # noqa: E402
+
+from sglang_agent.server.hints import WorkflowAgent, WorkflowDef, WorkflowStep  # noqa: E402
+from test_agent_radix_cache import match  # noqa: E402
+
+
+def three_agent_workflow(ctl, **kw):
+    agents = tuple(WorkflowAgent(a, f"s_{a}") for a in ("plan", "code", "test"))
+    return ctl.declare_workflow(WorkflowDef("wf", agents, schedule=("plan", "code", "test", "plan", "code"), **kw))
+
+
+def test_workflow_steps_reach_the_tree_and_drive_eviction():
+    cache, clock, ctl = setup(pool=100)
+    three_agent_workflow(ctl)
+    prefixes = {"plan": range(0, 30), "code": range(100, 130), "test": range(200, 230)}
+    for agent in ("plan", "code", "test"):
+        ctl.workflow_step(WorkflowStep("wf", agent))
+        run_turn(cache, ctl, f"s_{agent}", f"r_{agent}", prefixes[agent])
+    # test is running (0 steps), plan is due in 1 step, code in 2. LRU would drop plan (oldest).
+    node = cache._live_node(cache._session_last_node["s_plan"])
+    assert node.steps_to_execution == 1
+    cache.evict(EvictParams(num_tokens=20))
+    assert match(cache, prefixes["plan"]).device_prefix_len == 30
+    assert match(cache, prefixes["code"]).device_prefix_len == 0
+    assert match(cache, prefixes["test"]).device_prefix_len == 30
+
+
+def test_workflow_errors_change_nothing():
+    cache, clock, ctl = setup()
+    three_agent_workflow(ctl)
+    with pytest.raises(HintError) as e:
+        three_agent_workflow(ctl)
+    assert e.value.status == 409
+    with pytest.raises(HintError) as e:
+        ctl.workflow_step(WorkflowStep("wf", "code"))  # schedule starts with plan
+    assert e.value.status == 409
+    with pytest.raises(HintError) as e:
+        ctl.workflow_step(WorkflowStep("nope", "plan"))
+    assert e.value.status == 404
+    with pytest.raises(HintError) as e:
+        ctl.workflow_step(WorkflowStep("wf", "ghost"))
+    assert e.value.status == 404
+    with pytest.raises(HintError) as e:
+        ctl.declare_workflow(WorkflowDef("cyc", (WorkflowAgent("a", "x"), WorkflowAgent("b", "y")),
+                                         edges=(("a", "b"), ("b", "a")), dag=True))
+    assert e.value.status == 400 and "cycle" in e.value.reason
+    assert ctl.workflows["wf"].position == -1 and set(ctl.workflows) == {"wf"}
+
+
+def test_inline_workflow_step_rejected_before_binding():
+    cache, clock, ctl = setup()
+    three_agent_workflow(ctl)
+    with pytest.raises(HintError):
+        ctl.bind("r1", InlineAgentHint("s_code", workflow_step=WorkflowStep("wf", "code")))
+    assert "r1" not in ctl.rid_to_session and "s_code" not in ctl.sessions
+    ctl.bind("r1", InlineAgentHint("s_plan", workflow_step=WorkflowStep("wf", "plan")))
+    assert ctl.workflows["wf"].position == 0

@@ -105,6 +105,37 @@ def test_bad_hints_get_4xx_and_change_nothing(server):
     assert stats(server) == before
 
 
+def run_three_agents(server, tag, workflow_id=None):
+    """Agents A, B, C with distinct ~800-token prefixes in a 2048-token pool, then A again."""
+    cached = []
+    for agent in ("A", "B", "C", "A"):
+        hint = {"session_id": f"{tag}-{agent}"}
+        if workflow_id is not None:
+            hint["workflow_step"] = {"workflow_id": workflow_id, "agent_id": agent}
+        # Distinct first tokens: a shared first token would split the older prefix, and upstream
+        # refreshes the recency of a split node, which hides what LRU does here.
+        reply = generate(server, f"{agent} " + prompt(1000 + ord(agent), words=290), hint)
+        assert reply.status_code == 200, reply.text
+        cached.append(reply.json()["meta_info"]["cached_tokens"])
+    return cached
+
+
+def test_declared_workflow_keeps_the_next_agents_prefix(server):
+    assert requests.post(server.url + "/flush_cache", timeout=60).status_code == 200
+    lru = run_three_agents(server, "lru")
+    assert requests.post(server.url + "/flush_cache", timeout=60).status_code == 200
+    declared = requests.post(server.url + "/agent/workflow", timeout=30, json={
+        "workflow_id": "abc", "schedule": ["A", "B", "C", "A"],
+        "agents": [{"agent_id": a, "session_id": f"kvflow-{a}"} for a in "ABC"]})
+    assert declared.status_code == 200, declared.text
+    kvflow = run_three_agents(server, "kvflow", workflow_id="abc")
+    assert lru[3] < 16, lru  # LRU evicted A, the oldest, to fit C
+    assert kvflow[3] > 700, kvflow  # with the graph, B (never needed again) went instead
+    # A step that contradicts the schedule is refused and changes nothing.
+    wrong = requests.post(server.url + "/agent/workflow/step", json={"workflow_id": "abc", "agent_id": "B"}, timeout=30)
+    assert wrong.status_code == 409 and "finished" in wrong.json()["error"]
+
+
 def test_openai_client_extra_body_and_session_close(server):
     import openai
     client = openai.OpenAI(base_url=server.url + "/v1", api_key="none")
@@ -118,7 +149,7 @@ def test_openai_client_extra_body_and_session_close(server):
     assert now["sessions"] == sessions_before + 1 and now["pinned_tokens"] > 0
     closed = requests.post(server.url + "/agent/session/close", json={"session_id": "oai"}, timeout=30)
     assert closed.status_code == 200
-    for s in ("pinned", "unpinned", "idle"):
+    for s in ("pinned", "unpinned", "idle", "lru-A", "lru-B", "lru-C", "kvflow-A", "kvflow-B", "kvflow-C"):
         requests.post(server.url + "/agent/session/close", json={"session_id": s}, timeout=30)
     after = stats(server)
     assert after["pinned_tokens"] == 0 and after["pins"] == 0

@@ -47,3 +47,32 @@ def test_session_ref():
     assert parse_session_ref({"session_id": "a"}, "tool_end").session_id == "a"
     with pytest.raises(HintError):
         parse_session_ref({"session_id": "a", "extra": 1}, "tool_end")
+
+
+from sglang_agent.server.hints import parse_workflow, parse_workflow_step  # noqa: E402
+
+
+def test_workflow_definition():
+    wf = parse_workflow({"workflow_id": "w", "agents": [{"agent_id": "a"}, {"agent_id": "b", "session_id": "sb"}],
+                         "edges": [["a", "b"]], "dag": True})
+    assert [a.session_id for a in wf.agents] == ["w/a", "sb"] and wf.edges == (("a", "b"),) and wf.dag
+    assert parse_workflow({"workflow_id": "w", "agents": [{"agent_id": "a"}], "schedule": ["a", "a"]}).schedule == ("a", "a")
+    assert parse_workflow_step({"workflow_id": "w", "agent_id": "a"}).agent_id == "a"
+
+
+@pytest.mark.parametrize(
+    "body, fragment",
+    [
+        ({"workflow_id": "w", "agents": [], "schedule": ["a"]}, "non-empty list"),
+        ({"workflow_id": "w", "agents": [{"agent_id": "a"}]}, "exactly one"),
+        ({"workflow_id": "w", "agents": [{"agent_id": "a"}], "schedule": ["a"], "edges": []}, "exactly one"),
+        ({"workflow_id": "w", "agents": [{"agent_id": "a"}], "edges": [["a"]]}, "pairs"),
+        ({"workflow_id": "w", "agents": [{"agent_id": "a"}], "schedule": "a"}, "list"),
+        ({"workflow_id": "w", "agents": [{"agent_id": "a", "x": 1}], "schedule": ["a"]}, "unknown field"),
+        ({"workflow_id": "w", "agents": [{"agent_id": "a"}], "schedule": ["a"], "dag": "yes"}, "dag"),
+    ],
+)
+def test_workflow_definition_rejects(body, fragment):
+    with pytest.raises(HintError) as err:
+        parse_workflow(body)
+    assert err.value.status == 400 and fragment in err.value.reason

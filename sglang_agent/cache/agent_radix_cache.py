@@ -28,6 +28,7 @@ from sglang_agent.cache.node import AgentTreeNode
 from sglang_agent.policy import Clock
 from sglang_agent.policy.eviction import is_pin_live
 from sglang_agent.policy.pins import PinHolding
+from sglang_agent.policy.workflow import node_steps
 
 if TYPE_CHECKING:
     from sglang.srt.managers.schedule_batch import Req
@@ -53,6 +54,8 @@ class AgentRadixCache(UnifiedRadixCache):
         # session -> nodes it owns / pins (kept complete across splits by _on_split)
         self._session_nodes: dict[str, set[AgentTreeNode]] = {}
         self._pinned_nodes: dict[str, set[AgentTreeNode]] = {}
+        # session -> KVFlow steps until its agent runs next (sessions of declared workflows)
+        self._session_steps: dict[str, int] = {}
 
     def _on_split(self, new_parent: AgentTreeNode, child: AgentTreeNode) -> None:
         for session_id in child.session_ids:
@@ -91,9 +94,24 @@ class AgentRadixCache(UnifiedRadixCache):
         tokens = 0
         for node in self._path(self._live_node(last_node_id)):
             node.session_ids.add(session_id)
+            node.steps_to_execution = node_steps(self._session_steps, node.session_ids)
             owned.add(node)
             tokens += node.device_tokens
         return tokens
+
+    def set_session_steps(self, steps: dict[str, Optional[int]]) -> int:
+        """New steps-to-execution for some sessions; re-scores only the nodes they own
+        (incremental: the rest of the tree is not visited). Returns nodes re-scored."""
+        touched: set[AgentTreeNode] = set()
+        for session_id, value in steps.items():
+            if value is None:
+                self._session_steps.pop(session_id, None)
+            else:
+                self._session_steps[session_id] = value
+            touched.update(self._session_nodes.get(session_id, ()))
+        for node in touched:
+            node.steps_to_execution = node_steps(self._session_steps, node.session_ids)
+        return len(touched)
 
     def session_path_tokens(self, session_id: str) -> int:
         node = self._live_node(self._session_last_node.get(session_id))
@@ -101,8 +119,10 @@ class AgentRadixCache(UnifiedRadixCache):
 
     def close_agent_session(self, session_id: str) -> None:
         self.unpin_session(session_id)
+        self._session_steps.pop(session_id, None)
         for node in self._session_nodes.pop(session_id, ()):
             node.session_ids.discard(session_id)
+            node.steps_to_execution = node_steps(self._session_steps, node.session_ids)
         self._session_last_node.pop(session_id, None)
 
     # ---- pins ------------------------------------------------------------------------------

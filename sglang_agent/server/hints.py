@@ -35,11 +35,33 @@ class SessionRef:
 
 
 @dataclass(frozen=True)
+class WorkflowStep:
+    workflow_id: str
+    agent_id: str
+
+
+@dataclass(frozen=True)
+class WorkflowAgent:
+    agent_id: str
+    session_id: str  # the session whose cached turns are this agent's prefix
+
+
+@dataclass(frozen=True)
+class WorkflowDef:
+    workflow_id: str
+    agents: tuple[WorkflowAgent, ...]
+    edges: Optional[tuple[tuple[str, str], ...]] = None
+    schedule: Optional[tuple[str, ...]] = None
+    dag: bool = False
+
+
+@dataclass(frozen=True)
 class InlineAgentHint:
     """The `agent` object of a /generate or /v1/chat/completions body."""
 
     session_id: str
     tool_start: Optional[ToolStart] = None  # this turn ends in a tool call
+    workflow_step: Optional[WorkflowStep] = None  # this request is that agent's step
 
 
 def _require_object(body: Any, where: str) -> dict:
@@ -96,10 +118,58 @@ def parse_session_ref(body: Any, where: str) -> SessionRef:
 def parse_inline(body: Any) -> InlineAgentHint:
     where = "agent"
     body = _require_object(body, where)
-    _check_keys(body, {"session_id", "tool_start"}, where)
+    _check_keys(body, {"session_id", "tool_start", "workflow_step"}, where)
     session_id = _identifier(body, "session_id", where)
-    tool_start = None
+    tool_start = step = None
     if body.get("tool_start") is not None:
         raw = _require_object(body["tool_start"], "agent.tool_start")
         tool_start = parse_tool_start({**raw, "session_id": session_id}, "agent.tool_start")
-    return InlineAgentHint(session_id, tool_start)
+    if body.get("workflow_step") is not None:
+        step = parse_workflow_step(body["workflow_step"], "agent.workflow_step")
+    return InlineAgentHint(session_id, tool_start, step)
+
+
+def parse_workflow_step(body: Any, where: str = "workflow/step") -> WorkflowStep:
+    body = _require_object(body, where)
+    _check_keys(body, {"workflow_id", "agent_id"}, where)
+    return WorkflowStep(_identifier(body, "workflow_id", where), _identifier(body, "agent_id", where))
+
+
+def _id_list(value: Any, where: str) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise HintError(400, f"{where} must be a list of non-empty strings")
+    return value
+
+
+def parse_workflow(body: Any) -> WorkflowDef:
+    where = "workflow"
+    body = _require_object(body, where)
+    _check_keys(body, {"workflow_id", "agents", "edges", "schedule", "dag"}, where)
+    workflow_id = _identifier(body, "workflow_id", where)
+    raw_agents = body.get("agents")
+    if not isinstance(raw_agents, list) or not raw_agents:
+        raise HintError(400, "workflow: 'agents' must be a non-empty list")
+    agents = []
+    for i, raw in enumerate(raw_agents):
+        raw = _require_object(raw, f"workflow.agents[{i}]")
+        _check_keys(raw, {"agent_id", "session_id"}, f"workflow.agents[{i}]")
+        agent_id = _identifier(raw, "agent_id", f"workflow.agents[{i}]")
+        session_id = _identifier(raw, "session_id", f"workflow.agents[{i}]") if "session_id" in raw else (
+            f"{workflow_id}/{agent_id}")
+        agents.append(WorkflowAgent(agent_id, session_id))
+    if ("edges" in body) == ("schedule" in body):
+        raise HintError(400, "workflow: give exactly one of 'edges' or 'schedule'")
+    dag = body.get("dag", False)
+    if not isinstance(dag, bool):
+        raise HintError(400, "workflow: 'dag' must be true or false")
+    edges = schedule = None
+    if "edges" in body:
+        raw_edges = body["edges"]
+        if not isinstance(raw_edges, list) or not all(
+            isinstance(e, list) and len(e) == 2 and all(isinstance(x, str) for x in e) for e in raw_edges
+        ):
+            raise HintError(400, "workflow: 'edges' must be a list of [from_agent, to_agent] pairs")
+        edges = tuple((a, b) for a, b in raw_edges)
+    else:
+        schedule = tuple(_id_list(body["schedule"], "workflow: 'schedule'"))
+    return WorkflowDef(workflow_id, tuple(agents), edges, schedule, dag)

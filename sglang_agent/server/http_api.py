@@ -1,6 +1,7 @@
 """Hint API on SGLang's own HTTP server (same port).
 
-Routes: POST /agent/tool_start, /agent/tool_end, /agent/session/close; GET /agent/stats.
+Routes: POST /agent/tool_start, /agent/tool_end, /agent/session/close, /agent/workflow,
+/agent/workflow/step; GET /agent/stats.
 Inline: an `agent` object in the body of /generate, /v1/chat/completions or /v1/completions
 (the OpenAI client's `extra_body`) binds that request to a session, optionally declaring that
 the turn ends in a tool call. Bad hints get a 4xx with a JSON reason and change no state."""
@@ -62,6 +63,8 @@ def add_routes(app) -> None:
                       methods=["POST"])
     app.add_api_route("/agent/session/close",
                       _route("close", lambda b: hints.parse_session_ref(b, "session/close")), methods=["POST"])
+    app.add_api_route("/agent/workflow", _route("workflow", hints.parse_workflow), methods=["POST"])
+    app.add_api_route("/agent/workflow/step", _route("workflow_step", hints.parse_workflow_step), methods=["POST"])
     app.add_api_route("/agent/stats", _route("stats", lambda b: None), methods=["GET"])
     app.add_middleware(InlineHintMiddleware)
 

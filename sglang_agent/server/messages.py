@@ -7,7 +7,7 @@ from sglang.srt.managers.io_struct import BaseReq
 
 
 class AgentHintReqInput(BaseReq, kw_only=True):
-    kind: str  # bind | tool_start | tool_end | close | stats
+    kind: str  # one of HINT_KINDS
     body_json: str
 
 
@@ -16,4 +16,4 @@ class AgentHintReqOutput(BaseReq, kw_only=True):
     body_json: str
 
 
-HINT_KINDS = ("bind", "tool_start", "tool_end", "close", "stats")
+HINT_KINDS = ("bind", "tool_start", "tool_end", "close", "workflow", "workflow_step", "stats")

@@ -24,6 +24,10 @@ def apply_hint(controller: AgentController, kind: str, body: dict, rid: str | No
         return controller.tool_end(hints.parse_session_ref(body, "tool_end").session_id)
     if kind == "close":
         return controller.close(hints.parse_session_ref(body, "session/close").session_id)
+    if kind == "workflow":
+        return controller.declare_workflow(hints.parse_workflow(body))
+    if kind == "workflow_step":
+        return controller.workflow_step(hints.parse_workflow_step(body))
     if kind == "stats":
         return controller.snapshot()
     raise hints.HintError(400, f"unknown hint kind {kind!r}")

@@ -1,0 +1,73 @@
+import pytest
+
+from sglang_agent.policy.workflow import Workflow, WorkflowError, node_steps
+
+
+def test_chain_counts_down_and_finished_agents_are_never_needed():
+    wf = Workflow.from_graph("w", ["plan", "code", "test"], [("plan", "code"), ("code", "test")])
+    assert wf.steps_to_execution() == {"plan": 0, "code": 1, "test": 2}
+    wf.advance("plan")
+    wf.advance("code")
+    assert wf.steps_to_execution() == {"plan": None, "code": 0, "test": 1}
+
+
+def test_fan_out_fan_in():
+    wf = Workflow.from_graph("w", ["plan", "a", "b", "merge"],
+                             [("plan", "a"), ("plan", "b"), ("a", "merge"), ("b", "merge")], dag=True)
+    wf.advance("plan")
+    assert wf.steps_to_execution() == {"plan": 0, "a": 1, "b": 1, "merge": 2}
+    wf.advance("a")
+    assert wf.steps_to_execution() == {"plan": None, "a": 0, "b": None, "merge": 1}
+
+
+def test_loop_back_to_planner():
+    wf = Workflow.from_graph("w", ["plan", "code", "test"],
+                             [("plan", "code"), ("code", "test"), ("test", "plan")])
+    wf.advance("plan")
+    wf.advance("code")
+    wf.advance("test")
+    assert wf.steps_to_execution() == {"plan": 1, "code": 2, "test": 0}
+    with pytest.raises(WorkflowError, match="no edge"):
+        wf.check_step("code")
+
+
+def test_schedule_with_repeats():
+    wf = Workflow.from_schedule("w", ["A", "B", "C"], ["A", "B", "C", "A", "B"])
+    assert wf.steps_to_execution() == {"A": 0, "B": 1, "C": 2}
+    for agent in "ABC":
+        wf.advance(agent)
+    assert wf.steps_to_execution() == {"A": 1, "B": 2, "C": 0}
+    wf.advance("A")
+    assert wf.steps_to_execution() == {"A": 0, "B": 1, "C": None}
+    with pytest.raises(WorkflowError, match="step 4"):
+        wf.check_step("C")
+
+
+@pytest.mark.parametrize(
+    "build, fragment",
+    [
+        (lambda: Workflow.from_graph("w", ["a", "b"], [("a", "b"), ("b", "a")], dag=True), "cycle"),
+        (lambda: Workflow.from_graph("w", ["a"], [("a", "zz")]), "unknown agent"),
+        (lambda: Workflow.from_graph("w", [], []), "at least one"),
+        (lambda: Workflow.from_graph("w", ["a", "a"], []), "unique"),
+        (lambda: Workflow.from_schedule("w", ["a"], ["a", "b"]), "unknown agent"),
+        (lambda: Workflow.from_schedule("w", ["a"], []), "empty"),
+    ],
+)
+def test_bad_definitions(build, fragment):
+    with pytest.raises(WorkflowError, match=fragment):
+        build()
+
+
+def test_steps_must_follow_the_graph_and_failed_steps_change_nothing():
+    wf = Workflow.from_graph("w", ["plan", "code"], [("plan", "code")])
+    with pytest.raises(WorkflowError, match="entry"):
+        wf.advance("code")
+    assert wf.current is None
+    with pytest.raises(WorkflowError, match="unknown agent"):
+        wf.advance("ghost")
+
+
+def test_shared_prefix_takes_minimum():
+    assert node_steps({"s_plan": 3, "s_code": 1}, {"s_plan", "s_code", "chat"}) == 1
+    assert node_steps({"s_plan": 3}, {"chat"}) is None
