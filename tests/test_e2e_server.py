@@ -153,3 +153,42 @@ def test_openai_client_extra_body_and_session_close(server):
         requests.post(server.url + "/agent/session/close", json={"session_id": s}, timeout=30)
     after = stats(server)
     assert after["pinned_tokens"] == 0 and after["pins"] == 0
+
+
+def test_frontend_helper_tool_context_and_sgl_program(server):
+    import sglang as sgl
+
+    from sglang_agent.frontend import AgentClient, AgentHintError
+
+    client = AgentClient(server.url)
+    session = client.session("frontend")
+
+    @sgl.function
+    def ask(s, question):
+        s += question
+        s += sgl.gen("answer", max_tokens=4, temperature=0)
+
+    state = ask.run(question=prompt(21), backend=session.runtime_endpoint())
+    assert isinstance(state["answer"], str)
+    with session.tool("bash", expected_duration_s=1) as answer:
+        assert answer["ttl_s"] > 0 and client.stats()["sessions_in_tool_call"] >= 1
+    assert client.stats()["sessions_in_tool_call"] == 0
+    try:
+        session.tool_end()
+        raise AssertionError("tool_end without tool_start was accepted")
+    except AgentHintError as e:
+        assert e.status == 409
+    assert session.close()["closed"] is True
+
+
+def test_example_program_runs(server):
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "examples/multi_agent_workflow.py", "--base-url", server.url,
+                          "--rounds", "2", "--tool-seconds", "0.05"], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = [l for l in out.stdout.splitlines() if l.startswith(("planner", "coder", "tester"))]
+    assert len(lines) == 6
+    # Second round: every agent finds its own prefix (and last turn) cached.
+    assert all(int(l.split("cached=")[1]) > 100 for l in lines[3:]), out.stdout
