@@ -11,7 +11,7 @@ from sglang.srt.mem_cache.base_prefix_cache import EvictParams, InsertParams, Ma
 from sglang.srt.mem_cache.radix_cache import RadixKey
 from sglang.srt.mem_cache.unified_radix_cache import UnifiedRadixCache
 
-from cpu_cache import cpu_cache_params
+from sglang_agent.cache.cpu_pools import cpu_cache_params
 from sglang_agent.cache.agent_radix_cache import AgentRadixCache
 from sglang_agent.cache.node import AgentTreeNode
 

@@ -1,4 +1,6 @@
-"""Build SGLang caches on CPU tensors for tests and benchmarks (no server, no GPU)."""
+"""SGLang KV pools on CPU tensors, sized in tokens: what the eval simulator, the radix benchmark
+and the tests build an AgentRadixCache on (no server, no GPU). The KV rows are tiny; only the
+slot accounting matters there."""
 
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ def cpu_cache_params(pool_tokens: int, tree_core_backend: str = "python") -> Cac
         layer_num=1, device="cpu", enable_memory_saver=False,
     )
     allocator = TokenToKVPoolAllocator(size=pool_tokens, dtype=torch.bfloat16, device="cpu", kvcache=kv, need_sort=False)
+    # Unused by our callers, which manage their own slots; the cache requires one.
     req_to_token = ReqToTokenPool(size=4, max_context_len=16, device="cpu", enable_memory_saver=False)
     return CacheInitParams(
         disable=False, req_to_token_pool=req_to_token, token_to_kv_pool_allocator=allocator,
