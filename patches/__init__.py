@@ -6,7 +6,7 @@ checks the SGLang version it was written for and fails loudly on another.
 
 What always happens on load: `--radix-cache-backend agent` and the tree-core backend become
 available, and the hint messages are registered for SGLang's IPC. The hooks that change server
-behaviour (hint routes, scheduler dispatch, program-level FCFS) are applied only when the
+behaviour (hint routes, scheduler dispatch, program-level FCFS, hard-pin release) are applied only when the
 server was started through `python -m sglang_agent.launch_server` (env SGLANG_AGENT_ENABLE=1).
 """
 
@@ -39,9 +39,11 @@ def load() -> None:
         http_server_routes,
         schedule_policy_fcfs,
         scheduler_dispatch,
+        scheduler_pin_release,
         tokenizer_communicator,
     )
 
-    for hook in (scheduler_dispatch, tokenizer_communicator, schedule_policy_fcfs, http_server_routes):
+    hooks = (scheduler_dispatch, tokenizer_communicator, schedule_policy_fcfs, scheduler_pin_release, http_server_routes)
+    for hook in hooks:
         hook.register()
     logger.info("sglang-agent hooks registered")

@@ -26,6 +26,7 @@ class AgentServerArgs:
     memory_cost_scale: float = 1.0
     tool_prior_s: tuple[float, ...] = DEFAULT_PRIOR_DURATIONS_S
     program_fcfs: bool = True
+    pin_mode: str = "hard"
 
     def __post_init__(self):
         if not 0.0 <= self.max_pinned_fraction <= 1.0:
@@ -35,6 +36,8 @@ class AgentServerArgs:
                 raise ValueError(f"--agent-{name.replace('_', '-')} must be >= 0")
         if self.prefill_tokens_per_s <= 0:
             raise ValueError("--agent-prefill-tokens-per-s must be > 0")
+        if self.pin_mode not in ("soft", "hard"):
+            raise ValueError(f"--agent-pin-mode must be soft or hard, got {self.pin_mode!r}")
         if not self.tool_prior_s or any(d < 0 for d in self.tool_prior_s):
             raise ValueError("--agent-tool-prior-s needs one or more durations >= 0")
 
@@ -54,6 +57,10 @@ class AgentServerArgs:
                            help="Weight of the memory a pin holds against the delay it saves.")
         group.add_argument("--agent-tool-prior-s", type=str, default=",".join(map(str, d.tool_prior_s)),
                            help="Comma-separated prior tool durations (s) used before a tool has history.")
+        group.add_argument("--agent-pin-mode", choices=["soft", "hard"], default=d.pin_mode,
+                           help="hard (default, Continuum): a pin holds the KV until its TTL, newcomers wait "
+                                "(released early only when nothing else can free memory); soft: pins only "
+                                "reorder eviction and never delay admission.")
         group.add_argument("--agent-disable-program-fcfs", action="store_true",
                            help="Order resumed turns by their own arrival (upstream FCFS).")
 
@@ -71,6 +78,7 @@ class AgentServerArgs:
             memory_cost_scale=args.agent_memory_cost_scale,
             tool_prior_s=prior,
             program_fcfs=not args.agent_disable_program_fcfs,
+            pin_mode=args.agent_pin_mode,
         )
 
     def to_env(self) -> str:

@@ -243,13 +243,13 @@ class AgentController:
             self.stats.pins_refused += 1
             return body
         deadline = now + decision.ttl_s
-        budget = plan_pin(
-            new_tokens=self.cache.unpinned_path_tokens(session.session_id, now),
-            pinned_tokens=self.cache.pinned_tokens(now),
-            cap_tokens=self._cap_tokens(),
-            holdings=[h for h in self.cache.pin_holdings(now) if h.session_id != session.session_id],
-            new_deadline=deadline,
-        )
+        new_tokens = self.cache.unpinned_path_tokens(session.session_id, now)
+        pinned_tokens = self.cache.pinned_tokens(now)
+        cap = self._cap_tokens()
+        holdings = []
+        if pinned_tokens + new_tokens > cap:  # only then does the plan look at other pins
+            holdings = [h for h in self.cache.pin_holdings(now) if h.session_id != session.session_id]
+        budget = plan_pin(new_tokens, pinned_tokens, cap, holdings, new_deadline=deadline)
         if not budget.admit:
             self.stats.pins_refused += 1
             return {**body, "reason": budget.reason}

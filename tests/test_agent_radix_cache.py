@@ -26,9 +26,9 @@ class FakeClock:
         return self.now
 
 
-def make_cache(pool=POOL):
+def make_cache(pool=POOL, pin_mode="soft"):
     clock = FakeClock()
-    return AgentRadixCache(cpu_cache_params(pool), clock=clock), clock
+    return AgentRadixCache(cpu_cache_params(pool), clock=clock, pin_mode=pin_mode), clock
 
 
 def insert(cache, key):
@@ -154,9 +154,11 @@ sessions = st.sampled_from(["s0", "s1", "s2"])
 
 
 class AgentCacheMachine(RuleBasedStateMachine):
+    pin_mode = "soft"
+
     def __init__(self):
         super().__init__()
-        self.cache, self.clock = make_cache()
+        self.cache, self.clock = make_cache(pin_mode=self.pin_mode)
         self.inserted: set[tuple] = set()
         self.locks = []
         # reference pins: session -> (key, deadline, longest prefix still never evicted)
@@ -235,6 +237,15 @@ class AgentCacheMachine(RuleBasedStateMachine):
         self.cache.evict(EvictParams(num_tokens=n))
         self.check_eviction_order(before)
 
+    @rule(n=st.integers(1, POOL))
+    def release_for_admission(self, n):
+        released = self.cache.release_pins_for_admission(n)
+        for session in released:
+            self.pins.pop(session, None)
+        if released:  # only the pins closest to expiry went
+            kept = [st[1] for st in self.pins.values() if st[1] > self.clock.now]
+            assert self.pin_mode == "hard"
+
     # eviction-order check -----------------------------------------------------------------
     def snapshot_pins(self):
         """Evictable leaves before an eviction, each with its live pin deadline (or None)."""
@@ -246,6 +257,13 @@ class AgentCacheMachine(RuleBasedStateMachine):
         return leaves
 
     def check_eviction_order(self, before):
+        alive_before = {s: st[2] for s, st in self.pins.items() if st[1] > self.clock.now}
+        self._check_order(before)
+        if self.pin_mode == "hard":  # a live hard pin is never evicted
+            for s, alive in alive_before.items():
+                assert self.pins[s][2] == alive, f"hard pin of {s} lost KV"
+
+    def _check_order(self, before):
         evicted = {n for n in before if n.component_data[0].value is None or n.parent is None}
         survivors = set(before) - evicted
         evicted_pins = [before[n] for n in evicted if before[n] is not None]
@@ -255,6 +273,9 @@ class AgentCacheMachine(RuleBasedStateMachine):
             # ...and only after every pin that expires sooner.
             latest = max(evicted_pins)
             assert all(before[n] > latest - 1e-9 for n in survivors if before[n] is not None)
+        self._refresh_alive()
+
+    def _refresh_alive(self):
         for state in self.pins.values():
             state[2] = min(state[2], match(self.cache, state[0]).device_prefix_len)
 
@@ -276,11 +297,17 @@ class AgentCacheMachine(RuleBasedStateMachine):
         assert self.cache.pinned_tokens() == len(self.ref_pinned_prefixes())
 
 
-AgentCacheMachine.TestCase.settings = settings(
-    max_examples=150, stateful_step_count=40, deadline=None,
-    suppress_health_check=[HealthCheck.too_slow],
-)
+class HardPinMachine(AgentCacheMachine):
+    pin_mode = "hard"
+
+
+for machine in (AgentCacheMachine, HardPinMachine):
+    machine.TestCase.settings = settings(
+        max_examples=150, stateful_step_count=40, deadline=None,
+        suppress_health_check=[HealthCheck.too_slow],
+    )
 TestAgentCacheMachine = AgentCacheMachine.TestCase
+TestHardPinMachine = HardPinMachine.TestCase
 
 
 def test_pinned_tokens_drop_when_pressure_evicts_the_pin():
@@ -292,3 +319,27 @@ def test_pinned_tokens_drop_when_pressure_evicts_the_pin():
     cache.evict(EvictParams(num_tokens=1))
     assert cache.pinned_tokens() == 0 and cache.session_pinned_tokens("s0") == 0
     assert cache.pin_holdings() == []
+
+
+def test_hard_pin_is_protected_until_expiry_then_free():
+    cache, clock = make_cache(60, pin_mode="hard")
+    turn = insert(cache, range(30))
+    cache.record_turn("agent", turn.last_device_node)
+    cache.pin_session("agent", 10.0)
+    assert cache.protected_size() == 30 and cache.evictable_size() == 0
+    insert(cache, range(100, 125))
+    assert insert(cache, range(200, 231)) is None  # 5 free + 25 evictable < 31: must wait
+    assert match(cache, range(30)).device_prefix_len == 30
+    clock.now = 11.0  # expiry: the next capacity read releases the pin
+    assert cache.evictable_size() == 30 and cache.protected_size() == 0  # the 25 went to the failed try
+    assert insert(cache, range(200, 231)) is not None
+
+
+def test_release_pins_for_admission_goes_by_expiry():
+    cache, clock = make_cache(100, pin_mode="hard")
+    for session, base, deadline in (("late", 0, 50.0), ("soon", 100, 20.0), ("mid", 200, 30.0)):
+        result = insert(cache, range(base, base + 30))
+        cache.record_turn(session, result.last_device_node)
+        cache.pin_session(session, deadline)
+    assert cache.release_pins_for_admission(41) == ["soon", "mid"]  # 10 free + 30 per pin
+    assert cache.live_pin_sessions() == ["late"]

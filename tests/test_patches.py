@@ -53,3 +53,16 @@ def test_program_fcfs_hook_orders_resumed_turn_by_program_arrival():
     queue = [_req("newcomer-1", 10.0), _req("resumed-turn", 12.0)]
     schedule_policy_fcfs._after_calc_priority(None, policy, queue)
     assert [r.rid for r in queue] == ["newcomer-1", "resumed-turn"]
+
+
+def test_hard_pins_give_way_only_when_nothing_runs():
+    from sglang_agent.patches import scheduler_pin_release
+
+    released = []
+    head = SimpleNamespace(origin_input_ids=[1] * 100, sampling_params=SimpleNamespace(max_new_tokens=28))
+    scheduler = SimpleNamespace(tree_cache=SimpleNamespace(release_pins_for_admission=released.append),
+                                waiting_queue=[head])
+    idle = SimpleNamespace(batch_to_run=None, running_batch=SimpleNamespace(is_empty=lambda: True))
+    busy = SimpleNamespace(batch_to_run=None, running_batch=SimpleNamespace(is_empty=lambda: False))
+    assert scheduler_pin_release._after_get_new_batch_prefill(busy, scheduler) is busy and released == []
+    assert scheduler_pin_release._after_get_new_batch_prefill(idle, scheduler) is idle and released == [128]

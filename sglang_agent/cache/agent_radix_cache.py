@@ -7,15 +7,21 @@ offload work builds on. We select SGLang's *Python* TreeCore through the tree-co
 (backend "agent") because our per-node fields and split hook need Python nodes; the Rust core
 is a drop-in speedup upstream, not a behaviour change.
 
-Pins are an eviction *order*, not a lock: a pinned node stays evictable but sorts after every
-unpinned one (see policy/eviction.py). So pins never deadlock or starve admission: a request
-that cannot be admitted otherwise takes the pins closest to expiry first, and an expired pin
-is an ordinary LRU node without any sweep.
+Two pin modes (`--agent-pin-mode`):
+- "soft": a pin is an eviction *order*: a pinned node stays evictable but sorts after every
+  unpinned one, closest expiry first (policy/eviction.py). A request that cannot be admitted
+  otherwise takes the pins closest to expiry; an expired pin is an ordinary LRU node.
+- "hard" (Continuum's semantics): a pin also holds an SGLang tree lock on the session's path,
+  so its tokens count as protected, not evictable, and admission waits for them like for a
+  running request. Expired pins are released by a sweep that runs before every capacity read
+  (`evictable_size`, `evict`), and `release_pins_for_admission` releases the pins closest to
+  expiry when nothing else can free memory, so pins never deadlock admission.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from typing import TYPE_CHECKING, Callable, Iterable, Optional
 
@@ -34,13 +40,17 @@ if TYPE_CHECKING:
     from sglang.srt.managers.schedule_batch import Req
 
 TurnListener = Callable[["Req", bool], None]
+PIN_MODES = ("soft", "hard")
 
 
 class AgentRadixCache(UnifiedRadixCache):
-    def __init__(self, params: CacheInitParams, clock: Clock = time.perf_counter):
+    def __init__(self, params: CacheInitParams, clock: Clock = time.perf_counter, pin_mode: str = "soft"):
+        if pin_mode not in PIN_MODES:
+            raise ValueError(f"pin_mode must be one of {PIN_MODES}, got {pin_mode!r}")
         agent_tree_core.register()
         params = dataclasses.replace(params, tree_core_backend=agent_tree_core.TREE_CORE_NAME)
         self.clock = clock
+        self.pin_mode = pin_mode
         self.turn_listeners: list[TurnListener] = []
         super().__init__(params)
         self.tree_core.eviction_strategy = AgentEvictionStrategy(self.tree_core.eviction_strategy, clock)
@@ -54,6 +64,10 @@ class AgentRadixCache(UnifiedRadixCache):
         # session -> nodes it owns / pins (kept complete across splits by _on_split)
         self._session_nodes: dict[str, set[AgentTreeNode]] = {}
         self._pinned_nodes: dict[str, set[AgentTreeNode]] = {}
+        # session -> its pin's deadline; lets expired pins be dropped without visiting nodes
+        self._pin_deadline: dict[str, float] = {}
+        # hard mode: session -> the tree lock that keeps its pinned path protected
+        self._pin_locks: dict[str, object] = {}
         # session -> KVFlow steps until its agent runs next (sessions of declared workflows)
         self._session_steps: dict[str, int] = {}
 
@@ -137,22 +151,66 @@ class AgentRadixCache(UnifiedRadixCache):
             node.pin_deadlines[session_id] = ttl_deadline
             pinned.add(node)
             tokens += node.device_tokens
+        self._pin_deadline[session_id] = ttl_deadline
+        if self.pin_mode == "hard" and tokens:
+            self._pin_locks[session_id] = self.lock(self._session_last_node[session_id])
         return tokens
 
     def set_pin_deadline(self, session_id: str, ttl_deadline: float) -> None:
         for node in self._pinned_nodes.get(session_id, ()):
             node.pin_deadlines[session_id] = ttl_deadline
+        if session_id in self._pinned_nodes:
+            self._pin_deadline[session_id] = ttl_deadline
 
     def unpin_session(self, session_id: str) -> None:
         for node in self._pinned_nodes.pop(session_id, ()):
             node.pin_deadlines.pop(session_id, None)
+        self._pin_deadline.pop(session_id, None)
+        lock = self._pin_locks.pop(session_id, None)
+        if lock is not None:
+            self.unlock(lock)
+
+    def release_pins_for_admission(self, needed_tokens: int) -> list[str]:
+        """Hard mode, when a waiting request cannot be admitted and nothing running will free
+        memory: release pins closest to expiry first until `needed_tokens` could be evicted."""
+        released = []
+        for session_id, _ in sorted(self._pin_deadline.items(), key=lambda item: item[1]):
+            if self.pin_mode != "hard" or super().evictable_size() + self.token_to_kv_pool_allocator.available_size() >= needed_tokens:
+                break
+            self.unpin_session(session_id)
+            released.append(session_id)
+        return released
+
+    # Capacity reads sweep expired hard pins first, so an expired pin costs nothing.
+    def evictable_size(self) -> int:
+        if self._pin_locks:
+            self._live_pin_sessions(self.clock())
+        return super().evictable_size()
+
+    def evict(self, params):
+        if self._pin_locks:
+            self._live_pin_sessions(self.clock())
+        return super().evict(params)
+
+    def evict_for_alloc(self, params, **kwargs):
+        if self._pin_locks:
+            self._live_pin_sessions(self.clock())
+        return super().evict_for_alloc(params, **kwargs)
+
+    def _live_pin_sessions(self, now: float) -> list[str]:
+        """Sessions whose pin is live; expired pins are dropped here (they already cost nothing
+        in the eviction order, this only forgets them)."""
+        expired = [s for s, deadline in self._pin_deadline.items() if not is_pin_live(deadline, now)]
+        for session_id in expired:
+            self.unpin_session(session_id)
+        return list(self._pin_deadline)
 
     def _live_pinned_nodes(self, now: float) -> set[AgentTreeNode]:
         return {
             node
-            for nodes in self._pinned_nodes.values()
-            for node in nodes
-            if self._device_tokens(node) and is_pin_live(node.ttl_deadline, now)
+            for session_id in self._live_pin_sessions(now)
+            for node in self._pinned_nodes[session_id]
+            if self._device_tokens(node)
         }
 
     def pinned_tokens(self, now: Optional[float] = None) -> int:
@@ -169,7 +227,7 @@ class AgentRadixCache(UnifiedRadixCache):
 
     def live_pin_sessions(self, now: Optional[float] = None) -> list[str]:
         now = self.clock() if now is None else now
-        return [s for s in self._pinned_nodes if self.session_pinned_tokens(s, now) > 0]
+        return [s for s in self._live_pin_sessions(now) if self.session_pinned_tokens(s, now) > 0]
 
     def unpinned_path_tokens(self, session_id: str, now: Optional[float] = None) -> int:
         """Tokens a pin of this session's latest path would add to the pinned total."""
@@ -187,8 +245,8 @@ class AgentRadixCache(UnifiedRadixCache):
         """Each live pin with the tokens only it keeps pinned (what dropping it frees)."""
         now = self.clock() if now is None else now
         holdings = []
-        for session_id, nodes in self._pinned_nodes.items():
-            live = [n for n in nodes if self._device_tokens(n) and is_pin_live(n.pin_deadlines.get(session_id), now)]
+        for session_id in self._live_pin_sessions(now):
+            live = [n for n in self._pinned_nodes[session_id] if self._device_tokens(n)]
             if not live:
                 continue
             exclusive = sum(
@@ -212,6 +270,8 @@ def agent_radix_cache_factory(ctx) -> AgentRadixCache:
     from sglang_agent.config import AgentServerArgs
     from sglang_agent.controller import AgentController
 
-    cache = create_unified_radix_cache(ctx, cache_class=AgentRadixCache)
-    cache.agent_controller = AgentController(cache, AgentServerArgs.from_env(), cache.clock)
+    args = AgentServerArgs.from_env()
+    cache_class = functools.partial(AgentRadixCache, pin_mode=args.pin_mode)
+    cache = create_unified_radix_cache(ctx, cache_class=cache_class)
+    cache.agent_controller = AgentController(cache, args, cache.clock)
     return cache

@@ -24,8 +24,10 @@ class AgentTreeNode(UnifiedTreeNode):
 
     @property
     def device_tokens(self) -> int:
-        value = self.component_data[ComponentType.FULL].value
-        return 0 if value is None or self.parent is None else len(value)
+        # The key and the device value have the same length (page size 1 or page-aligned keys).
+        if self.parent is None or self.component_data[ComponentType.FULL].value is None:
+            return 0
+        return len(self.key)
 
     def inherit_agent_state(self, child: "AgentTreeNode") -> None:
         """A split puts this node above `child`: every path through the child runs through it."""

@@ -1,0 +1,178 @@
+"""Reproduce the papers' figures with the trace-driven simulator.
+
+    python -m eval.reproduce --all                 # every figure (the project's main job)
+    python -m eval.reproduce --figure jct          # one of: jct, throughput, hit_rate, ttl
+    python -m eval.reproduce --all --quick         # small sizes, for a smoke run
+
+Figures (PNG) and their data (CSV) go to eval/results/. Workloads: BFCL v4 multi-turn programs
+(real, ../shared/traces) and synthetic coding-agent programs (eval/traces/synthetic.py), both
+on the Llama-3.1-8B / H100 cost profile unless --profile says otherwise. Every policy runs on
+the same AgentRadixCache and AgentController code as the server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from tqdm import tqdm
+
+from eval.sim.cost_model import load_profile
+from eval.sim.engine import simulate
+from eval.sim.metrics import summarize
+from eval.sim.policies import POLICIES, fixed_ttl_policy
+from eval.traces.bfcl import load_bfcl
+from eval.traces.format import Program, with_poisson_arrivals
+from eval.traces.synthetic import coding_agent_programs
+
+RESULTS = Path(__file__).parent / "results"
+FIGURES = ("jct", "throughput", "hit_rate", "ttl")
+
+
+@dataclass(frozen=True)
+class Workload:
+    name: str
+    rates_per_s: tuple[float, ...]
+    ttl_rate_per_s: float
+
+
+def workloads(quick: bool) -> dict[str, tuple[Workload, list[Program]]]:
+    if quick:
+        return {
+            "bfcl": (Workload("bfcl", (2.0, 6.0), 6.0), load_bfcl("base", limit=40)),
+            "coding": (Workload("coding", (0.1, 0.3), 0.3), coding_agent_programs(12)),
+        }
+    bfcl = load_bfcl("base") + load_bfcl("long_context")
+    return {
+        "bfcl": (Workload("bfcl", (2.0, 4.0, 6.0, 8.0, 10.0), 8.0), bfcl),
+        "coding": (Workload("coding", (0.05, 0.1, 0.15, 0.2, 0.3), 0.15), coding_agent_programs(120)),
+    }
+
+
+def sweep(work, cost, out: Path, seed: int) -> list[dict]:
+    rows = []
+    jobs = [(name, rate, policy) for name, (w, _) in work.items() for rate in w.rates_per_s for policy in POLICIES]
+    for name, rate, policy in tqdm(jobs, desc="load sweep", unit="run"):
+        programs = with_poisson_arrivals(work[name][1], rate, seed)
+        started = time.perf_counter()
+        summary = summarize(simulate(programs, cost, POLICIES[policy]))
+        rows.append({"workload": name, "rate_per_s": rate, **summary, "wall_s": time.perf_counter() - started})
+    write_csv(out / "sweep.csv", rows)
+    return rows
+
+
+def ttl_sweep(work, cost, out: Path, seed: int, quick: bool) -> list[dict]:
+    ttls = (0.0, 1.0, 5.0) if quick else (0.0, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
+    rows = []
+    jobs = [(name, spec) for name in work for spec in [POLICIES["continuum"], *map(fixed_ttl_policy, ttls)]]
+    for name, spec in tqdm(jobs, desc="TTL sensitivity", unit="run"):
+        w, base = work[name]
+        summary = summarize(simulate(with_poisson_arrivals(base, w.ttl_rate_per_s, seed), cost, spec))
+        rows.append({"workload": name, "rate_per_s": w.ttl_rate_per_s, "fixed_ttl_s": spec.fixed_ttl_s, **summary})
+    write_csv(out / "ttl_sensitivity.csv", rows)
+    return rows
+
+
+def write_csv(path: Path, rows: list[dict]) -> None:
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def _plot_metric(rows, metric: str, ylabel: str, path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = sorted({r["workload"] for r in rows})
+    fig, axes = plt.subplots(1, len(names), figsize=(5.5 * len(names), 4), squeeze=False)
+    for ax, name in zip(axes[0], names):
+        for policy in POLICIES:
+            points = sorted((r["rate_per_s"], r[metric]) for r in rows if r["workload"] == name and r["policy"] == policy)
+            ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=policy)
+        ax.set_title(f"{name}: {title}")
+        ax.set_xlabel("program arrival rate (1/s)")
+        ax.set_ylabel(ylabel)
+        if metric.endswith("jct_s"):
+            ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+    axes[0][0].legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_sweep(rows, out: Path, figure: str) -> list[Path]:
+    if figure == "jct":
+        _plot_metric(rows, "avg_jct_s", "average JCT (s)", out / "jct_avg_vs_load.png", "average JCT")
+        _plot_metric(rows, "p90_jct_s", "P90 JCT (s)", out / "jct_p90_vs_load.png", "P90 JCT")
+        return [out / "jct_avg_vs_load.png", out / "jct_p90_vs_load.png"]
+    if figure == "throughput":
+        _plot_metric(rows, "prompt_tokens_per_s", "prompt tokens served per s", out / "throughput_vs_load.png", "throughput")
+        return [out / "throughput_vs_load.png"]
+    _plot_metric(rows, "hit_rate_after_tool", "resumed turns with full prefix hit", out / "hit_rate_vs_load.png",
+                 "cache hit after tool calls")
+    return [out / "hit_rate_vs_load.png"]
+
+
+def plot_ttl(rows, out: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = sorted({r["workload"] for r in rows})
+    fig, axes = plt.subplots(1, len(names), figsize=(5.5 * len(names), 4), squeeze=False)
+    for ax, name in zip(axes[0], names):
+        fixed = sorted((r["fixed_ttl_s"], r["avg_jct_s"]) for r in rows if r["workload"] == name and r["fixed_ttl_s"] is not None)
+        adaptive = [r["avg_jct_s"] for r in rows if r["workload"] == name and r["fixed_ttl_s"] is None]
+        ax.plot([f[0] for f in fixed], [f[1] for f in fixed], marker="o", label="fixed TTL")
+        ax.axhline(adaptive[0], color="k", linestyle="--", label="adaptive TTL (Continuum policy)")
+        ax.set_xscale("symlog", linthresh=0.5)
+        ax.set_xlabel("TTL (s)")
+        ax.set_ylabel("average JCT (s)")
+        ax.set_title(f"{name}: TTL sensitivity at {rows[0]['rate_per_s'] if len(names) == 1 else ''}".rstrip(" at"))
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    path = out / "ttl_sensitivity.png"
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    target = parser.add_mutually_exclusive_group(required=True)
+    target.add_argument("--figure", choices=FIGURES, help="one figure")
+    target.add_argument("--all", action="store_true", help="every figure")
+    parser.add_argument("--profile", default="llama-3.1-8b-h100", help="cost profile (eval/sim/profiles/*.json)")
+    parser.add_argument("--quick", action="store_true", help="small workloads, for a smoke run")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    cost = load_profile(args.profile)
+    work = workloads(args.quick)
+    figures = FIGURES if args.all else (args.figure,)
+    written = []
+    if set(figures) & {"jct", "throughput", "hit_rate"}:
+        rows = sweep(work, cost, args.out, args.seed)
+        for figure in figures:
+            if figure != "ttl":
+                written += plot_sweep(rows, args.out, figure)
+        written.append(args.out / "sweep.csv")
+    if "ttl" in figures:
+        written += [plot_ttl(ttl_sweep(work, cost, args.out, args.seed, args.quick), args.out),
+                    args.out / "ttl_sensitivity.csv"]
+    for path in written:
+        print(path)
+
+
+if __name__ == "__main__":
+    main()

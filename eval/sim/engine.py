@@ -1,0 +1,303 @@
+"""Discrete-event simulation of one SGLang instance serving agent programs.
+
+The engine owns time, the waiting queue and continuous batching; every cache decision (prefix
+match, eviction order, TTL pins) is made by the real AgentRadixCache and AgentController on the
+simulated clock, the same objects the server uses.
+
+An iteration admits waiting requests in policy order (up to the prefill token budget and while
+KV slots can be found, evicting through the cache), then runs their prefill and one decode step
+of every running request; its duration comes from the cost model. A request reserves slots for
+its uncached prompt and its whole output at admission, like SGLang's reservation.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from array import array
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import torch
+from sglang.srt.mem_cache.base_prefix_cache import EvictParams, InsertParams, MatchPrefixParams
+from sglang.srt.mem_cache.radix_cache import RadixKey
+
+from eval.sim.cost_model import CostModel
+from eval.sim.policies import PolicySpec, infercept_preserve
+from eval.traces.format import Program
+from sglang_agent.cache.agent_radix_cache import AgentRadixCache
+from sglang_agent.cache.cpu_pools import cpu_cache_params
+from sglang_agent.config import AgentServerArgs
+from sglang_agent.controller import AgentController, LoadSnapshot
+from sglang_agent.policy.ttl import DECLARED_DURATION_SLACK
+from sglang_agent.server.hints import InlineAgentHint, ToolStart
+
+
+@dataclass
+class TurnRecord:
+    program_id: str
+    turn: int
+    arrival_s: float
+    admitted_s: float = -1.0
+    first_token_s: float = -1.0
+    finish_s: float = -1.0
+    prompt_tokens: int = 0
+    cached_tokens: int = 0
+    previous_context_tokens: int = 0  # what the previous turn left (prompt + output)
+
+
+@dataclass
+class ProgramResult:
+    program_id: str
+    arrival_s: float
+    finish_s: float
+    turns: list[TurnRecord]
+
+    @property
+    def jct_s(self) -> float:
+        return self.finish_s - self.arrival_s
+
+
+@dataclass
+class _Request:
+    rid: str
+    program_index: int
+    turn: int
+    key: array
+    output_tokens: array
+    record: TurnRecord
+    node: int = 0
+    lock: object = None
+    slots: Optional[torch.Tensor] = None
+    produced: int = 0
+
+
+@dataclass
+class _ProgramState:
+    program: Program
+    context: array  # the program's tokens so far (prompt and output of its finished turns)
+    attained_service_s: float = 0.0
+    records: list[TurnRecord] = field(default_factory=list)
+
+
+@dataclass
+class SimResult:
+    policy: str
+    programs: list[ProgramResult]
+    makespan_s: float
+    decisions: list[tuple] = field(default_factory=list)  # (time, program, turn, event, value)
+
+
+class Simulator:
+    def __init__(
+        self,
+        programs: list[Program],
+        cost: CostModel,
+        policy: PolicySpec,
+        pool_tokens: Optional[int] = None,
+        agent_args: Optional[AgentServerArgs] = None,
+        on_event: Optional[Callable[[str], None]] = None,
+    ):
+        self.cost = cost
+        self.policy = policy
+        self.now = 0.0
+        self.pool_tokens = pool_tokens or cost.kv_pool_tokens
+        self.cache = AgentRadixCache(cpu_cache_params(self.pool_tokens), clock=lambda: self.now, pin_mode=policy.pin_mode)
+        self.allocator = self.cache.token_to_kv_pool_allocator
+        self.programs = [_ProgramState(p, array("q", p.system_tokens)) for p in programs]
+        self.waiting: list[_Request] = []
+        self.running: list[_Request] = []
+        self.events: list[tuple[float, int, int, int]] = []  # (time, seq, program index, turn)
+        self.seq = itertools.count()
+        self.decisions: list[tuple] = []
+        self.tool_mean_s: dict[str, tuple[float, int]] = {}  # infercept's profiled durations
+        self.infercept_pins: set[str] = set()
+        self.on_event = on_event
+        self.controller = None
+        if policy.retention == "ttl":
+            # A fixed TTL: no memory price, so the declared duration is always taken as the TTL.
+            args = agent_args or AgentServerArgs(
+                prefill_tokens_per_s=cost.prefill_tokens_per_s(),
+                memory_cost_scale=0.0 if policy.fixed_ttl_s is not None else 1.0,
+                max_ttl_s=max(60.0, policy.fixed_ttl_s or 0.0),
+            )
+            self.controller = AgentController(self.cache, args, clock=lambda: self.now, load_probe=self._load)
+        for index, state in enumerate(self.programs):
+            self._schedule(state.program.arrival_s, index, 0)
+
+    # ---- events ------------------------------------------------------------------------------
+    def _schedule(self, time_s: float, program_index: int, turn: int) -> None:
+        heapq.heappush(self.events, (time_s, next(self.seq), program_index, turn))
+
+    def _load(self) -> LoadSnapshot:
+        return LoadSnapshot(len(self.waiting), sum(len(r.key) for r in self.waiting))
+
+    def _arrive(self, program_index: int, turn: int) -> None:
+        state = self.programs[program_index]
+        program = state.program
+        previous = len(state.context) if turn else 0
+        prompt = state.context + array("q", program.turns[turn].append_tokens)
+        record = TurnRecord(program.program_id, turn, self.now, prompt_tokens=len(prompt), previous_context_tokens=previous)
+        state.records.append(record)
+        rid = f"{program.program_id}/{turn}"
+        if self.controller is not None:
+            self.controller.bind(rid, InlineAgentHint(program.program_id))
+        if program.program_id in self.infercept_pins:
+            self.cache.unpin_session(program.program_id)
+            self.infercept_pins.discard(program.program_id)
+        self.waiting.append(_Request(rid, program_index, turn, prompt, array("q", program.turns[turn].output_tokens), record))
+
+    # ---- scheduling --------------------------------------------------------------------------
+    def _order_key(self, req: _Request):
+        state = self.programs[req.program_index]
+        if self.policy.order == "program_fcfs":
+            return (state.program.arrival_s, req.record.arrival_s)
+        if self.policy.order == "plas":
+            return (state.attained_service_s, req.record.arrival_s)
+        return (req.record.arrival_s,)
+
+    def _admit(self) -> list[_Request]:
+        self.waiting.sort(key=self._order_key)
+        budget = self.cost.max_prefill_tokens
+        admitted = []
+        while self.waiting:
+            req = self.waiting[0]
+            cached, node = 0, self.cache.tree_core.root_node.id
+            if self.policy.prefix_reuse:
+                match = self.cache.match_prefix(MatchPrefixParams(key=RadixKey(req.key)))
+                cached, node = match.device_prefix_len, match.last_device_node
+            new_tokens = len(req.key) - cached
+            if admitted and new_tokens > budget:
+                break  # the prefill budget is spent for this iteration
+            need = new_tokens + len(req.output_tokens)
+            lock = self.cache.lock(node) if cached else None
+            short = need - self.allocator.available_size()
+            if short > 0 and not admitted and not self.running and short > self.cache.evictable_size():
+                # Nothing running will free memory: pins closest to expiry give way (no deadlock).
+                released = self.cache.release_pins_for_admission(need)
+                self.decisions.extend((self.now, s, -1, "pin_released", 0) for s in released)
+            if short > 0:
+                self.cache.evict(EvictParams(num_tokens=short))
+            if self.allocator.available_size() < need:
+                self.cache.unlock(lock)
+                break  # head of line waits for memory
+            self.waiting.pop(0)
+            req.node, req.lock = node, lock
+            req.slots = self.allocator.alloc(need)
+            req.record.cached_tokens = cached
+            req.record.admitted_s = self.now
+            budget -= new_tokens
+            admitted.append(req)
+        return admitted
+
+    # ---- finishing ---------------------------------------------------------------------------
+    def _finish(self, req: _Request) -> None:
+        state = self.programs[req.program_index]
+        program = state.program
+        req.record.finish_s = self.now
+        cached = req.record.cached_tokens
+        full_key = req.key + req.output_tokens
+        state.context = full_key
+        last_node = None
+        if self.policy.prefix_reuse:
+            prefix = self.cache.path_device_indices(req.node)[:cached] if cached else torch.empty(0, dtype=torch.int64)
+            value = torch.cat([prefix.to(torch.int64), req.slots.to(torch.int64)])
+            result = self.cache.insert(InsertParams(key=RadixKey(full_key), value=value, prev_prefix_len=cached))
+            self.cache.unlock(req.lock)
+            last_node = result.last_device_node
+        else:
+            self.allocator.free(req.slots)
+        turn = program.turns[req.turn]
+        if self.controller is not None:
+            self.controller.on_turn_finished(_FinishedReq(req.rid, last_node, req.key, cached), last_node is not None)
+        if turn.tool_name is None:
+            return
+        if self.controller is not None:
+            declared = None
+            if self.policy.fixed_ttl_s is not None:
+                declared = self.policy.fixed_ttl_s / (1.0 + DECLARED_DURATION_SLACK)
+            answer = self.controller.tool_start(ToolStart(program.program_id, turn.tool_name, declared))
+            self.decisions.append((self.now, program.program_id, req.turn, "ttl_s", answer["ttl_s"]))
+        elif self.policy.retention == "infercept" and last_node is not None:
+            self._infercept_decide(program.program_id, turn.tool_name, last_node, len(full_key))
+        self._schedule(self.now + turn.tool_duration_s, req.program_index, req.turn + 1)
+        self._observe_tool(turn.tool_name, turn.tool_duration_s)
+
+    def _observe_tool(self, tool_name: str, duration_s: float) -> None:
+        mean, n = self.tool_mean_s.get(tool_name, (0.0, 0))
+        self.tool_mean_s[tool_name] = ((mean * n + duration_s) / (n + 1), n + 1)
+
+    def _infercept_decide(self, session: str, tool_name: str, last_node: int, context_tokens: int) -> None:
+        expected = self.tool_mean_s.get(tool_name, (1.0, 0))[0]  # profiled mean; 1 s before any
+        others = sum(len(r.key) + r.produced for r in self.running)
+        if infercept_preserve(expected, context_tokens, self.cost.prefill_s(context_tokens), others):
+            self.cache.record_turn(session, last_node)
+            self.cache.pin_session(session, float("inf"))  # held until the tool returns
+            self.infercept_pins.add(session)
+            self.decisions.append((self.now, session, -1, "preserve", context_tokens))
+
+    # ---- main loop ---------------------------------------------------------------------------
+    def run(self) -> SimResult:
+        while self.events or self.waiting or self.running:
+            while self.events and self.events[0][0] <= self.now:
+                _, _, program_index, turn = heapq.heappop(self.events)
+                self._arrive(program_index, turn)
+            admitted = self._admit() if self.waiting else []
+            if not admitted and not self.running:
+                if not self.events:
+                    if self.waiting:
+                        raise RuntimeError(f"deadlock: {len(self.waiting)} requests cannot fit a {self.pool_tokens}-token pool")
+                    break
+                self.now = max(self.now, self.events[0][0])
+                continue
+            self._step(admitted)
+        finish = {}
+        for state in self.programs:
+            finish[state.program.program_id] = ProgramResult(
+                state.program.program_id, state.program.arrival_s, state.records[-1].finish_s, state.records)
+        makespan = max((p.finish_s for p in finish.values()), default=0.0)
+        return SimResult(self.policy.name, list(finish.values()), makespan, self.decisions)
+
+    def _step(self, admitted: list[_Request]) -> None:
+        prefill_s = sum(self.cost.prefill_s(len(r.key) - r.record.cached_tokens, r.record.cached_tokens) for r in admitted)
+        decoding = self.running
+        # Several decode-only steps at once when nothing can change in between: no admission
+        # (nothing waits or nothing was admittable), no arrival and no finish before then.
+        steps = 1
+        if not admitted and decoding:
+            steps = min(len(r.output_tokens) - r.produced for r in decoding)
+            if self.events:
+                step_s = self.cost.decode_step_s(len(decoding), sum(len(r.key) + r.produced for r in decoding))
+                steps = max(1, min(steps, int((self.events[0][0] - self.now) / max(step_s + self.cost.iteration_overhead_s, 1e-9))))
+            if self.waiting:
+                steps = 1
+        context = sum(len(r.key) + r.produced for r in decoding)
+        decode_s = self.cost.decode_step_s(len(decoding), context + len(decoding) * (steps - 1) / 2) * steps
+        elapsed = prefill_s + decode_s + self.cost.iteration_overhead_s * steps
+        self.now += elapsed
+        for r in admitted:
+            r.record.first_token_s = self.now
+            r.produced = 1
+            self.programs[r.program_index].attained_service_s += elapsed / max(1, len(admitted) + len(decoding))
+        for r in decoding:
+            r.produced += steps
+            self.programs[r.program_index].attained_service_s += elapsed / max(1, len(admitted) + len(decoding))
+        self.running = decoding + admitted
+        done = [r for r in self.running if r.produced >= len(r.output_tokens)]
+        self.running = [r for r in self.running if r.produced < len(r.output_tokens)]
+        for r in done:
+            self._finish(r)
+
+
+@dataclass
+class _FinishedReq:
+    """What the controller reads from a finished request (the fields of SGLang's Req it uses)."""
+
+    rid: str
+    last_node: Optional[int]
+    origin_input_ids: array
+    cached_tokens: int
+
+
+def simulate(programs: list[Program], cost: CostModel, policy: PolicySpec, **kwargs) -> SimResult:
+    return Simulator(programs, cost, policy, **kwargs).run()

@@ -1,0 +1,58 @@
+"""Serving policies compared in the evaluation, all run by the same engine and cache.
+
+- vllm: no prefix reuse across requests; a turn's KV is freed when it finishes (evict-on-finish).
+- sglang-lru: upstream SGLang: radix prefix cache, LRU eviction, request-level FCFS.
+- infercept: InferCept-style (Abhyankar et al., ICML 2024) per-request choice at each tool call
+  between preserving the KV on GPU and discarding it, whichever wastes less GPU memory-time;
+  swapping to host is not modelled (no host tier yet).
+- autellix: Autellix-style program-level scheduling (PLAS: least attained service first, Luo et
+  al., arXiv 2502.13965) on the LRU cache, no retention.
+- continuum: Continuum (arXiv 2511.02230): TTL pins chosen by our TTL policy + program-level
+  FCFS; pins hold the KV (hard) until the TTL, so newcomers wait for them.
+- continuum-soft: the same, with soft pins that only reorder eviction (our server's default).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+
+@dataclass(frozen=True)
+class PolicySpec:
+    name: str
+    prefix_reuse: bool = True
+    retention: str = "none"  # none | ttl | infercept
+    order: str = "fcfs"  # fcfs | program_fcfs | plas
+    fixed_ttl_s: Optional[float] = None  # TTL sensitivity: every tool call pinned this long
+    pin_mode: str = "hard"  # how retained KV is held: see AgentRadixCache
+
+
+POLICIES: dict[str, PolicySpec] = {
+    "vllm": PolicySpec("vllm", prefix_reuse=False),
+    "sglang-lru": PolicySpec("sglang-lru"),
+    "infercept": PolicySpec("infercept", retention="infercept"),  # preserve = held until return
+    "autellix": PolicySpec("autellix", order="plas"),
+    "continuum": PolicySpec("continuum", retention="ttl", order="program_fcfs"),
+    "continuum-soft": PolicySpec("continuum-soft", retention="ttl", order="program_fcfs", pin_mode="soft"),
+}
+
+
+def get_policy(name: str) -> PolicySpec:
+    try:
+        return POLICIES[name]
+    except KeyError:
+        raise ValueError(f"unknown policy {name!r}; one of {sorted(POLICIES)}") from None
+
+
+def infercept_preserve(expected_tool_s: float, context_tokens: int, recompute_s: float, other_tokens: int) -> bool:
+    """InferCept's min-waste rule, preserve vs discard: preserving wastes the request's memory
+    for the tool's duration; discarding wastes the recompute time of every other request's
+    memory (the batch stalls while the context is re-prefilled)."""
+    preserve_waste = expected_tool_s * context_tokens
+    discard_waste = recompute_s * (context_tokens + other_tokens)
+    return preserve_waste <= discard_waste
+
+
+def fixed_ttl_policy(ttl_s: float) -> PolicySpec:
+    return PolicySpec(f"ttl={ttl_s:g}s", retention="ttl", order="program_fcfs", fixed_ttl_s=ttl_s)
