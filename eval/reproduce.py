@@ -47,7 +47,7 @@ def workloads(quick: bool) -> dict[str, tuple[Workload, list[Program]]]:
         }
     bfcl = load_bfcl("base") + load_bfcl("long_context")
     return {
-        "bfcl": (Workload("bfcl", (2.0, 4.0, 6.0, 8.0, 10.0), 8.0), bfcl),
+        "bfcl": (Workload("bfcl", (0.5, 1.0, 2.0, 4.0, 8.0), 4.0), bfcl),
         "coding": (Workload("coding", (0.05, 0.1, 0.15, 0.2, 0.3), 0.15), coding_agent_programs(120)),
     }
 

@@ -116,10 +116,11 @@ class Simulator:
         self.controller = None
         if policy.retention == "ttl":
             # A fixed TTL: no memory price, so the declared duration is always taken as the TTL.
+            defaults = AgentServerArgs()
             args = agent_args or AgentServerArgs(
                 prefill_tokens_per_s=cost.prefill_tokens_per_s(),
-                memory_cost_scale=0.0 if policy.fixed_ttl_s is not None else 1.0,
-                max_ttl_s=max(60.0, policy.fixed_ttl_s or 0.0),
+                memory_cost_scale=0.0 if policy.fixed_ttl_s is not None else defaults.memory_cost_scale,
+                max_ttl_s=max(defaults.max_ttl_s, policy.fixed_ttl_s or 0.0),
             )
             self.controller = AgentController(self.cache, args, clock=lambda: self.now, load_probe=self._load)
         for index, state in enumerate(self.programs):
