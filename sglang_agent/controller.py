@@ -205,6 +205,9 @@ class AgentController:
             self.stats.resumed_cached_tokens += cached
             self.stats.resumed_prompt_tokens += len(req.origin_input_ids)
             self.stats.resumed_turns_with_hit += cached > 0
+        # The resumed turn has consumed its pin (its prefix was locked while it ran): release it
+        # now, so a finished program never holds memory until its TTL runs out.
+        self.cache.unpin_session(session.session_id)
         last_node = getattr(req, "last_node", None)  # unset when the request never reached the tree
         if checkpointed and last_node is not None:
             self.cache.record_turn(session.session_id, last_node)

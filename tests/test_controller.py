@@ -194,3 +194,12 @@ def test_inline_workflow_step_rejected_before_binding():
     assert "r1" not in ctl.rid_to_session and "s_code" not in ctl.sessions
     ctl.bind("r1", InlineAgentHint("s_plan", workflow_step=WorkflowStep("wf", "plan")))
     assert ctl.workflows["wf"].position == 0
+
+
+def test_pin_is_released_once_the_resumed_turn_ends():
+    cache, clock, ctl = setup()
+    run_turn(cache, ctl, "a", "r1", range(30))
+    ctl.tool_start(ToolStart("a", "bash", 5.0))
+    clock.now = 1.0
+    run_turn(cache, ctl, "a", "r2", list(range(30)) + [9], cached=30)  # last turn: no tool after
+    assert ctl.snapshot()["pinned_tokens"] == 0
