@@ -192,3 +192,38 @@ def test_example_program_runs(server):
     assert len(lines) == 6
     # Second round: every agent finds its own prefix (and last turn) cached.
     assert all(int(l.split("cached=")[1]) > 100 for l in lines[3:]), out.stdout
+
+
+def test_simulator_and_server_make_the_same_cache_decisions(server):
+    """The same small trace through the real server (replay) and the simulator: the same TTL
+    choices, pinned tokens and prefix hits, because both run the same cache and policy code."""
+    import asyncio
+
+    from eval.replay import fold_token_ids, replay
+    from eval.sim.cost_model import load_profile
+    from eval.sim.engine import simulate
+    from eval.sim.policies import PolicySpec
+    from eval.traces.synthetic import coding_agent_programs
+    from tiny_model import VOCAB_SIZE
+
+    programs = [fold_token_ids(p, VOCAB_SIZE - 8) for p in coding_agent_programs(
+        2, seed=7, system_tokens=200, turns_median=3, output_median=6, observation_median=40, tool_median_s=0.2)]
+    for i, p in enumerate(programs):
+        p.arrival_s = 30.0 * i  # one program at a time: no load, so the TTL price is deterministic
+    requests.post(server.url + "/flush_cache", timeout=60)
+    served = asyncio.run(replay(server.url, programs, time_scale=0.05, hints=True))
+    spec = PolicySpec("continuum", retention="ttl", order="program_fcfs", declare_durations=True)
+    simulated = simulate(programs, load_profile("llama-3.1-8b-h100"), spec, pool_tokens=POOL_TOKENS)
+
+    sim_ttl = {(d[1], d[2]): d[4] for d in simulated.decisions if d[3] == "ttl_s"}
+    sim_pinned = {(d[1], d[2]): d[4] for d in simulated.decisions if d[3] == "pinned_tokens"}
+    sim_cached = {(t.program_id, t.turn): t.cached_tokens for p in simulated.programs for t in p.turns}
+    with_tool = [t for t in served.turns if t.ttl_s is not None]
+    assert with_tool and len(with_tool) == len(sim_ttl)
+    for t in with_tool:
+        # The server saw durations x0.05 (time scale): its TTL is the simulator's x0.05.
+        assert t.ttl_s == pytest.approx(sim_ttl[(t.program_id, t.turn)] * 0.05)
+        assert t.pinned_tokens == sim_pinned[(t.program_id, t.turn)]
+    for t in served.turns:
+        if t.turn > 0:
+            assert t.cached_tokens == sim_cached[(t.program_id, t.turn)], (t, sim_cached)

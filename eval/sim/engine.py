@@ -201,9 +201,14 @@ class Simulator:
         state.context = full_key
         last_node = None
         if self.policy.prefix_reuse:
+            # Like SGLang, the last sampled token was never fed back, so it has no KV to cache.
+            kv_key = full_key[:-1] if len(req.output_tokens) else full_key
+            used = len(kv_key) - cached
             prefix = self.cache.path_device_indices(req.node)[:cached] if cached else torch.empty(0, dtype=torch.int64)
-            value = torch.cat([prefix.to(torch.int64), req.slots.to(torch.int64)])
-            result = self.cache.insert(InsertParams(key=RadixKey(full_key), value=value, prev_prefix_len=cached))
+            value = torch.cat([prefix.to(torch.int64), req.slots[:used].to(torch.int64)])
+            if used < len(req.slots):
+                self.allocator.free(req.slots[used:])
+            result = self.cache.insert(InsertParams(key=RadixKey(kv_key), value=value, prev_prefix_len=cached))
             self.cache.unlock(req.lock)
             last_node = result.last_device_node
         else:
@@ -214,11 +219,12 @@ class Simulator:
         if turn.tool_name is None:
             return
         if self.controller is not None:
-            declared = None
+            declared = turn.tool_duration_s if self.policy.declare_durations else None
             if self.policy.fixed_ttl_s is not None:
                 declared = self.policy.fixed_ttl_s / (1.0 + DECLARED_DURATION_SLACK)
             answer = self.controller.tool_start(ToolStart(program.program_id, turn.tool_name, declared))
             self.decisions.append((self.now, program.program_id, req.turn, "ttl_s", answer["ttl_s"]))
+            self.decisions.append((self.now, program.program_id, req.turn, "pinned_tokens", answer["pinned_tokens"]))
         elif self.policy.retention == "infercept" and last_node is not None:
             self._infercept_decide(program.program_id, turn.tool_name, last_node, len(full_key))
         self._schedule(self.now + turn.tool_duration_s, req.program_index, req.turn + 1)

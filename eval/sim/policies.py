@@ -26,6 +26,7 @@ class PolicySpec:
     order: str = "fcfs"  # fcfs | program_fcfs | plas
     fixed_ttl_s: Optional[float] = None  # TTL sensitivity: every tool call pinned this long
     pin_mode: str = "hard"  # how retained KV is held: see AgentRadixCache
+    declare_durations: bool = False  # the client states each tool's duration in tool_start
 
 
 POLICIES: dict[str, PolicySpec] = {
