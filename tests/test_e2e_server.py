@@ -227,3 +227,21 @@ def test_simulator_and_server_make_the_same_cache_decisions(server):
     for t in served.turns:
         if t.turn > 0:
             assert t.cached_tokens == sim_cached[(t.program_id, t.turn)], (t, sim_cached)
+
+
+def test_profile_costs_script_writes_a_usable_profile(server, tmp_path):
+    import subprocess
+    import sys
+
+    from eval.sim.cost_model import load_profile
+    from tiny_model import VOCAB_SIZE
+
+    out = tmp_path / "tiny-cpu-measured.json"
+    run = subprocess.run([sys.executable, "scripts/profile_costs.py", "--url", server.url, "--base-profile",
+                          "llama-3.1-8b-h100", "--out", str(out), "--vocab", str(VOCAB_SIZE),
+                          "--prefill-tokens", "128,768,1536", "--batch-sizes", "1,4", "--decode-tokens", "8"],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    profile = load_profile(str(out))
+    assert profile.prefill_mfu > 0 and profile.decode_bw_efficiency > 0
+    assert profile.prefill_s(1000) > 0 and profile.decode_step_s(4, 1000) > 0

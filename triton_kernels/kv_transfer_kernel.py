@@ -23,11 +23,13 @@ def kv_copy_kernel(
     words = tl.arange(0, BLOCK_WORDS).to(tl.int64)
     word_mask = words < ROW_WORDS
     mask = slot_mask[:, None] & word_mask[None, :]
-    row_words64 = tl.full((), ROW_WORDS, tl.int64)
-    # int64 before every multiply: layer * stride overflows int32 on large pools.
-    base = tl.load(bases_ptr + buffer).to(tl.pointer_type(staging_ptr.dtype.element_ty))
-    pool_offsets = slots[:, None] * row_words64 + words[None, :]
-    staging_offsets = (buffer * num_slots + idx)[:, None] * row_words64 + words[None, :]
+    # slots, idx and buffer are int64 before any multiply: slot * row would overflow int32 on
+    # large pools. ROW_WORDS stays a constexpr so Triton knows every row start's alignment.
+    # An int cast to a pointer loses its alignment; torch buffers are 16-byte aligned, and saying
+    # so lets sm_90 use 128-bit loads/stores instead of 8-byte ones.
+    base = tl.multiple_of(tl.load(bases_ptr + buffer).to(tl.pointer_type(staging_ptr.dtype.element_ty)), 16)
+    pool_offsets = slots[:, None] * ROW_WORDS + words[None, :]
+    staging_offsets = (buffer * num_slots + idx)[:, None] * ROW_WORDS + words[None, :]
     if TO_STAGING:
         values = tl.load(base + pool_offsets, mask=mask)
         tl.store(staging_ptr + staging_offsets, values, mask=mask)
