@@ -43,7 +43,7 @@ class TurnRecord:
     finish_s: float = -1.0
     prompt_tokens: int = 0
     cached_tokens: int = 0
-    previous_context_tokens: int = 0  # what the previous turn left (prompt + output)
+    previous_context_tokens: int = 0  # KV the previous turn left: its prompt + output minus the last token
 
 
 @dataclass
@@ -136,7 +136,8 @@ class Simulator:
     def _arrive(self, program_index: int, turn: int) -> None:
         state = self.programs[program_index]
         program = state.program
-        previous = len(state.context) if turn else 0
+        # What the previous turn left in KV: its prompt and all but the last output token.
+        previous = len(state.context) - (1 if program.turns[turn - 1].output_tokens else 0) if turn else 0
         prompt = state.context + array("q", program.turns[turn].append_tokens)
         record = TurnRecord(program.program_id, turn, self.now, prompt_tokens=len(prompt), previous_context_tokens=previous)
         state.records.append(record)

@@ -205,17 +205,18 @@ class AgentRadixCache(UnifiedRadixCache):
             self.unpin_session(session_id)
         return list(self._pin_deadline)
 
-    def _live_pinned_nodes(self, now: float) -> set[AgentTreeNode]:
-        return {
-            node
-            for session_id in self._live_pin_sessions(now)
-            for node in self._pinned_nodes[session_id]
-            if self._device_tokens(node)
-        }
+    def _live_pinned_nodes(self, now: float) -> dict[AgentTreeNode, int]:
+        """Every GPU-resident node under a live pin, once, with its token count."""
+        tokens: dict[AgentTreeNode, int] = {}
+        for session_id in self._live_pin_sessions(now):
+            for node in self._pinned_nodes[session_id]:
+                if node not in tokens:
+                    tokens[node] = self._device_tokens(node)
+        return tokens
 
     def pinned_tokens(self, now: Optional[float] = None) -> int:
         now = self.clock() if now is None else now
-        return sum(node.device_tokens for node in self._live_pinned_nodes(now))
+        return sum(self._live_pinned_nodes(now).values())
 
     def session_pinned_tokens(self, session_id: str, now: Optional[float] = None) -> int:
         now = self.clock() if now is None else now
