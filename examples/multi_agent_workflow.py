@@ -47,7 +47,8 @@ def main(argv=None) -> None:
         meta = reply["meta_info"]
         print(f"{agent:8s} prompt={meta['prompt_tokens']:5d} cached={meta['cached_tokens']:5d}")
         with session.tool("bash", expected_duration_s=args.tool_seconds) as pin:
-            time.sleep(args.tool_seconds)  # the tool runs here; the server holds the KV for pin["ttl_s"]
+            time.sleep(args.tool_seconds)  # the tool runs here while the server holds the KV
+        print(f"{'':8s} tool call: KV pinned for {pin['ttl_s']:.2f} s ({pin['pinned_tokens']} tokens)")
         history[agent] += "\nNext step:" + reply["text"] + "\nTool output: ok"
     print(client.stats())
     for agent in ROLES:

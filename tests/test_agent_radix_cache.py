@@ -239,12 +239,14 @@ class AgentCacheMachine(RuleBasedStateMachine):
 
     @rule(n=st.integers(1, POOL))
     def release_for_admission(self, n):
+        live = {s: st[1] for s, st in self.pins.items() if st[1] > self.clock.now}
         released = self.cache.release_pins_for_admission(n)
+        if released:  # only hard pins give way, and only those closest to expiry
+            assert self.pin_mode == "hard"
+            kept = [d for s, d in live.items() if s not in released]
+            assert all(live.get(s, float("-inf")) <= min(kept, default=float("inf")) for s in released)
         for session in released:
             self.pins.pop(session, None)
-        if released:  # only the pins closest to expiry went
-            kept = [st[1] for st in self.pins.values() if st[1] > self.clock.now]
-            assert self.pin_mode == "hard"
 
     # eviction-order check -----------------------------------------------------------------
     def snapshot_pins(self):

@@ -16,7 +16,7 @@ import heapq
 import itertools
 from array import array
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import Optional
 
 import torch
 from sglang.srt.mem_cache.base_prefix_cache import EvictParams, InsertParams, MatchPrefixParams
@@ -96,7 +96,6 @@ class Simulator:
         policy: PolicySpec,
         pool_tokens: Optional[int] = None,
         agent_args: Optional[AgentServerArgs] = None,
-        on_event: Optional[Callable[[str], None]] = None,
     ):
         self.cost = cost
         self.policy = policy
@@ -112,7 +111,6 @@ class Simulator:
         self.decisions: list[tuple] = []
         self.tool_mean_s: dict[str, tuple[float, int]] = {}  # infercept's profiled durations
         self.infercept_pins: set[str] = set()
-        self.on_event = on_event
         self.controller = None
         if policy.retention == "ttl":
             # A fixed TTL: no memory price, so the declared duration is always taken as the TTL.

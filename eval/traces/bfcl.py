@@ -19,15 +19,18 @@ What BFCL does not have is drawn, and said here:
 from __future__ import annotations
 
 import json
-import math
+import os
 import random
 from pathlib import Path
 from typing import Optional
 
 from eval.traces.format import Program, TraceFormatError, Turn
+from eval.traces.sampling import lognormal
 from eval.traces.tokenizer import encode
 
-DEFAULT_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "traces" / "bfcl_v4_multi_turn"
+# The project's shared/ folder lies beside the repo (CI and developers); override with the env.
+SHARED_DIR = Path(os.environ.get("SGLANG_AGENT_SHARED_DIR", Path(__file__).resolve().parents[2].parent / "shared"))
+DEFAULT_DIR = SHARED_DIR / "traces" / "bfcl_v4_multi_turn"
 CLASS_DOCS = {
     "GorillaFileSystem": "gorilla_file_system", "VehicleControlAPI": "vehicle_control",
     "TradingBot": "trading_bot", "TravelAPI": "travel_booking", "MessageAPI": "message_api",
@@ -41,12 +44,9 @@ def _header(role: str) -> str:
     return f"<|start_header_id|>{role}<|end_header_id|>\n\n"
 
 
-def _lognormal(rnd: random.Random, median: float, sigma: float, lo: float, hi: float) -> float:
-    return min(hi, max(lo, median * math.exp(rnd.gauss(0.0, sigma))))
-
 
 def _filler(rnd: random.Random, median_tokens: float) -> str:
-    n = int(_lognormal(rnd, median_tokens, 0.8, 4, 20 * median_tokens))
+    n = int(lognormal(rnd, median_tokens, 0.8, 4, 20 * median_tokens))
     return " ".join(rnd.choice(_FILLER) for _ in range(n))
 
 
@@ -71,6 +71,9 @@ def load_bfcl(
 ) -> list[Program]:
     if category not in CATEGORIES:
         raise ValueError(f"unknown BFCL category {category!r}; one of {CATEGORIES}")
+    if not data_dir.is_dir():
+        raise FileNotFoundError(f"BFCL traces not found at {data_dir}: the project's shared/ folder belongs "
+                                "beside the repo, or set SGLANG_AGENT_SHARED_DIR")
     rows = _read_jsonl(data_dir / f"BFCL_v4_multi_turn_{category}.json")[:limit]
     answers = {r["id"]: r["ground_truth"] for r in _read_jsonl(data_dir / "possible_answer" / f"BFCL_v4_multi_turn_{category}.json")}
     docs = {cls: _read_jsonl(data_dir / "func_doc" / f"{stem}.json") for cls, stem in CLASS_DOCS.items()}
@@ -92,7 +95,7 @@ def load_bfcl(
             pending_append += _header("user") + user_text + "<|eot_id|>" + _header("assistant")
             for call in calls:
                 turns.append(Turn(encode(pending_append), encode(call + "<|eot_id|>"), call.split("(")[0],
-                                  _lognormal(rnd, tool_median_s, 1.0, 0.01, 60.0)))
+                                  lognormal(rnd, tool_median_s, 1.0, 0.01, 60.0)))
                 pending_append = _header("ipython") + _filler(rnd, result_median) + "<|eot_id|>" + _header("assistant")
             turns.append(Turn(encode(pending_append), encode(_filler(rnd, 40) + "<|eot_id|>"), "user", 0.0))
             pending_append = ""

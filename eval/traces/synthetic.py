@@ -18,16 +18,13 @@ equality matters to the cache.
 
 from __future__ import annotations
 
-import math
 import random
 
 from eval.traces.format import Program, Turn
+from eval.traces.sampling import lognormal
 
 VOCAB = 128_000
 
-
-def _lognormal(rnd: random.Random, median: float, sigma: float, lo: float, hi: float) -> float:
-    return min(hi, max(lo, median * math.exp(rnd.gauss(0.0, sigma))))
 
 
 def _tokens(rnd: random.Random, n: int) -> list[int]:
@@ -47,14 +44,14 @@ def coding_agent_programs(
     programs = []
     for i in range(count):
         rnd = random.Random(f"{seed}/{i}")
-        n_turns = int(_lognormal(rnd, turns_median, 0.5, 5, 80))
+        n_turns = int(lognormal(rnd, turns_median, 0.5, 5, 80))
         turns = []
-        append = _tokens(rnd, _lognormal(rnd, 300, 0.5, 50, 2000))  # the issue statement
+        append = _tokens(rnd, lognormal(rnd, 300, 0.5, 50, 2000))  # the issue statement
         for t in range(n_turns):
             last = t == n_turns - 1
-            turns.append(Turn(append, _tokens(rnd, _lognormal(rnd, output_median, 0.6, 10, 2000)),
+            turns.append(Turn(append, _tokens(rnd, lognormal(rnd, output_median, 0.6, 10, 2000)),
                               None if last else "bash",
-                              0.0 if last else _lognormal(rnd, tool_median_s, 1.2, 0.05, 120.0)))
-            append = _tokens(rnd, _lognormal(rnd, observation_median, 1.0, 10, 8000))
+                              0.0 if last else lognormal(rnd, tool_median_s, 1.2, 0.05, 120.0)))
+            append = _tokens(rnd, lognormal(rnd, observation_median, 1.0, 10, 8000))
         programs.append(Program(f"coding-{seed}-{i}", 0.0, system, turns))
     return programs
