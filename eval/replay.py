@@ -108,9 +108,10 @@ async def replay(url: str, programs: list[Program], time_scale: float = 1.0, hin
 def fold_token_ids(program: Program, max_token_id: int) -> Program:
     """Token ids modulo `max_token_id` (same id -> same id, so shared prefixes stay shared)."""
     fold = lambda ids: [t % max_token_id for t in ids]  # noqa: E731
-    turns = [Turn(fold(t.append_tokens), fold(t.output_tokens), t.tool_name, t.tool_duration_s) for t in program.turns]
-    return Program(program.program_id, program.arrival_s, fold(program.system_tokens), turns,
-                   program.workflow_id, program.agent_id)
+    turns = [Turn(fold(t.append_tokens), fold(t.output_tokens), t.tool_name, t.tool_duration_s, t.agent_id)
+             for t in program.turns]
+    prefixes = {a: fold(t) for a, t in program.agent_prefixes.items()} if program.agent_prefixes else None
+    return Program(program.program_id, program.arrival_s, fold(program.system_tokens), turns, prefixes)
 
 
 def _load(trace: str, limit: int, seed: int) -> list[Program]:

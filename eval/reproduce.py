@@ -1,12 +1,12 @@
 """Reproduce the papers' figures with the trace-driven simulator.
 
     python -m eval.reproduce --all                 # every figure (the project's main job)
-    python -m eval.reproduce --figure jct          # one of: jct, throughput, hit_rate, ttl
+    python -m eval.reproduce --figure jct          # one of: jct, throughput, hit_rate, ttl, workflow
     python -m eval.reproduce --all --quick         # small sizes, for a smoke run
 
 Figures (PNG) and their data (CSV) go to eval/results/. Workloads: BFCL v4 multi-turn programs
-(real, ../shared/traces) and synthetic coding-agent programs (eval/traces/synthetic.py), both
-on the Llama-3.1-8B / H100 cost profile unless --profile says otherwise. Every policy runs on
+(real, ../shared/traces), synthetic coding-agent programs and synthetic multi-agent workflows
+(eval/traces/synthetic.py), on the Llama-3.1-8B / H100 cost profile unless --profile says otherwise. Every policy runs on
 the same AgentRadixCache and AgentController code as the server.
 """
 
@@ -23,13 +23,16 @@ from tqdm import tqdm
 from eval.sim.cost_model import load_profile
 from eval.sim.engine import simulate
 from eval.sim.metrics import summarize
-from eval.sim.policies import POLICIES, fixed_ttl_policy
+from eval.sim.policies import POLICIES, WORKFLOW_POLICIES, fixed_ttl_policy
 from eval.traces.bfcl import load_bfcl
 from eval.traces.format import Program, with_poisson_arrivals
-from eval.traces.synthetic import coding_agent_programs
+from eval.traces.synthetic import coding_agent_programs, multi_agent_workflows
 
 RESULTS = Path(__file__).parent / "results"
-FIGURES = ("jct", "throughput", "hit_rate", "ttl")
+FIGURES = ("jct", "throughput", "hit_rate", "ttl", "workflow")
+# The multi-agent workload's KV pool: its 24 agent prompts (144k tokens) fit, with little room
+# to spare, so eviction choices between agents matter (KVFlow's setting).
+WORKFLOW_POOL_TOKENS = 200_000
 
 
 @dataclass(frozen=True)
@@ -74,6 +77,44 @@ def ttl_sweep(work, cost, out: Path, seed: int, quick: bool) -> list[dict]:
         rows.append({"workload": name, "rate_per_s": w.ttl_rate_per_s, "fixed_ttl_s": spec.fixed_ttl_s, **summary})
     write_csv(out / "ttl_sensitivity.csv", rows)
     return rows
+
+
+def workflow_sweep(cost, out: Path, seed: int, quick: bool) -> list[dict]:
+    programs = multi_agent_workflows(16 if quick else 120, seed=seed)
+    rates = (0.1, 0.3) if quick else (0.05, 0.1, 0.2, 0.3)
+    rows = []
+    jobs = [(rate, name) for rate in rates for name in WORKFLOW_POLICIES]
+    for rate, name in tqdm(jobs, desc="multi-agent workflows", unit="run"):
+        result = simulate(with_poisson_arrivals(programs, rate, seed), cost, WORKFLOW_POLICIES[name],
+                          pool_tokens=WORKFLOW_POOL_TOKENS)
+        rows.append({"workload": "multi-agent", "rate_per_s": rate, **summarize(result)})
+    write_csv(out / "workflow.csv", rows)
+    return rows
+
+
+def plot_workflow(rows, out: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for name in WORKFLOW_POLICIES:
+        points = sorted((r["rate_per_s"], r["avg_jct_s"], r["hit_rate_after_tool"]) for r in rows if r["policy"] == name)
+        axes[0].plot([p[0] for p in points], [p[1] for p in points], marker="o", label=name)
+        axes[1].plot([p[0] for p in points], [p[2] for p in points], marker="o", label=name)
+    axes[0].set_ylabel("average JCT (s)")
+    axes[1].set_ylabel("turns whose agent prompt was cached")
+    for ax in axes:
+        ax.set_xlabel("workflow arrival rate (1/s)")
+        ax.grid(alpha=0.3)
+    axes[0].set_title(f"multi-agent workflows, {WORKFLOW_POOL_TOKENS // 1000}k-token KV pool")
+    axes[0].legend()
+    fig.tight_layout()
+    path = out / "workflow.png"
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
 
 
 def write_csv(path: Path, rows: list[dict]) -> None:
@@ -167,6 +208,9 @@ def main(argv=None) -> None:
             if figure != "ttl":
                 written += plot_sweep(rows, args.out, figure)
         written.append(args.out / "sweep.csv")
+    if "workflow" in figures:
+        written += [plot_workflow(workflow_sweep(cost, args.out, args.seed, args.quick), args.out),
+                    args.out / "workflow.csv"]
     if "ttl" in figures:
         written += [plot_ttl(ttl_sweep(work, cost, args.out, args.seed, args.quick), args.out),
                     args.out / "ttl_sensitivity.csv"]

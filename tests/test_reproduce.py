@@ -9,7 +9,7 @@ from eval import reproduce
 def test_quick_reproduce_writes_figures_and_data(tmp_path):
     reproduce.main(["--all", "--quick", "--out", str(tmp_path)])
     for name in ("jct_avg_vs_load.png", "jct_p90_vs_load.png", "throughput_vs_load.png", "hit_rate_vs_load.png",
-                 "ttl_sensitivity.png", "sweep.csv", "ttl_sensitivity.csv"):
+                 "ttl_sensitivity.png", "sweep.csv", "ttl_sensitivity.csv", "workflow.png", "workflow.csv"):
         assert (tmp_path / name).stat().st_size > 0, name
     rows = list(csv.DictReader(open(tmp_path / "sweep.csv")))
     assert {r["policy"] for r in rows} == set(reproduce.POLICIES)

@@ -85,3 +85,19 @@ def test_every_policy_finishes_every_program():
     for policy in POLICIES.values():
         result = simulate(trace, LinearCost(), policy, pool_tokens=400)
         assert len(result.programs) == 6 and all(p.finish_s > p.arrival_s for p in result.programs), policy.name
+
+
+def test_kvflow_keeps_the_agent_due_next():
+    # One workflow A -> B -> C -> A over three agents whose 100-token prompts do not all fit a
+    # 260-token pool. When C runs, LRU drops A (least recent); the declared schedule drops B
+    # (never needed again), so A's second turn finds its prompt.
+    from eval.sim.policies import WORKFLOW_POLICIES
+
+    prefixes = {a: ids(1000 * (i + 1), 100) for i, a in enumerate("ABC")}
+    turns = [Turn([], ids(50_000 + 10 * k, 2), "tool" if k < 3 else None, 0.1 if k < 3 else 0.0, agent)
+             for k, agent in enumerate("ABCA")]
+    program = Program("wf", 0.0, ids(90_000, 5), turns, prefixes)
+    lru = simulate([program], LinearCost(), WORKFLOW_POLICIES["sglang-lru"], pool_tokens=260)
+    kvflow = simulate([program], LinearCost(), WORKFLOW_POLICIES["kvflow"], pool_tokens=260)
+    assert lru.programs[0].turns[3].cached_tokens < 100
+    assert kvflow.programs[0].turns[3].cached_tokens >= 100

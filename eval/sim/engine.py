@@ -30,7 +30,7 @@ from sglang_agent.cache.cpu_pools import cpu_cache_params
 from sglang_agent.config import AgentServerArgs
 from sglang_agent.controller import AgentController, LoadSnapshot
 from sglang_agent.policy.ttl import DECLARED_DURATION_SLACK
-from sglang_agent.server.hints import InlineAgentHint, ToolStart
+from sglang_agent.server.hints import InlineAgentHint, ToolStart, WorkflowAgent, WorkflowDef, WorkflowStep
 
 
 @dataclass
@@ -76,6 +76,7 @@ class _Request:
 class _ProgramState:
     program: Program
     context: array  # the program's tokens so far (prompt and output of its finished turns)
+    transcript: array = field(default_factory=lambda: array("q"))  # workflow programs: appends + outputs
     attained_service_s: float = 0.0
     records: list[TurnRecord] = field(default_factory=list)
 
@@ -112,7 +113,7 @@ class Simulator:
         self.tool_mean_s: dict[str, tuple[float, int]] = {}  # infercept's profiled durations
         self.infercept_pins: set[str] = set()
         self.controller = None
-        if policy.retention == "ttl":
+        if policy.retention == "ttl" or policy.workflow:
             # A fixed TTL: no memory price, so the declared duration is always taken as the TTL.
             defaults = AgentServerArgs()
             args = agent_args or AgentServerArgs(
@@ -131,21 +132,47 @@ class Simulator:
     def _load(self) -> LoadSnapshot:
         return LoadSnapshot(len(self.waiting), sum(len(r.key) for r in self.waiting))
 
+    def _session(self, program: Program, turn: int) -> str:
+        """Workflow programs have one session per agent (its prefix is shared through the tree)."""
+        agent = program.turns[turn].agent_id
+        return program.program_id if agent is None else f"{program.program_id}/{agent}"
+
+    def _prompt(self, state: _ProgramState, turn: int) -> tuple[array, int]:
+        """The turn's prompt, and how much of it an earlier turn left in KV (for the hit metric)."""
+        program = state.program
+        append = array("q", program.turns[turn].append_tokens)
+        if program.agent_prefixes:
+            prefix = array("q", program.agent_prefixes[program.turns[turn].agent_id])
+            return prefix + array("q", program.system_tokens) + state.transcript + append, len(prefix)
+        # What the previous turn left in KV: its prompt and all but the last output token.
+        previous = len(state.context) - (1 if program.turns[turn - 1].output_tokens else 0) if turn else 0
+        return state.context + append, previous
+
     def _arrive(self, program_index: int, turn: int) -> None:
         state = self.programs[program_index]
         program = state.program
-        # What the previous turn left in KV: its prompt and all but the last output token.
-        previous = len(state.context) - (1 if program.turns[turn - 1].output_tokens else 0) if turn else 0
-        prompt = state.context + array("q", program.turns[turn].append_tokens)
-        record = TurnRecord(program.program_id, turn, self.now, prompt_tokens=len(prompt), previous_context_tokens=previous)
+        prompt, reusable = self._prompt(state, turn)
+        record = TurnRecord(program.program_id, turn, self.now, prompt_tokens=len(prompt), previous_context_tokens=reusable)
         state.records.append(record)
         rid = f"{program.program_id}/{turn}"
+        session = self._session(program, turn)
         if self.controller is not None:
-            self.controller.bind(rid, InlineAgentHint(program.program_id))
-        if program.program_id in self.infercept_pins:
-            self.cache.unpin_session(program.program_id)
-            self.infercept_pins.discard(program.program_id)
+            step = None
+            if self.policy.workflow and program.agent_prefixes:
+                if turn == 0:
+                    self._declare_workflow(program)
+                step = WorkflowStep(program.program_id, program.turns[turn].agent_id)
+            self.controller.bind(rid, InlineAgentHint(session, workflow_step=step))
+        if session in self.infercept_pins:
+            self.cache.unpin_session(session)
+            self.infercept_pins.discard(session)
         self.waiting.append(_Request(rid, program_index, turn, prompt, array("q", program.turns[turn].output_tokens), record))
+
+    def _declare_workflow(self, program: Program) -> None:
+        agents = list(dict.fromkeys(t.agent_id for t in program.turns))
+        self.controller.declare_workflow(WorkflowDef(
+            program.program_id, tuple(WorkflowAgent(a, f"{program.program_id}/{a}") for a in agents),
+            schedule=tuple(t.agent_id for t in program.turns)))
 
     # ---- scheduling --------------------------------------------------------------------------
     def _order_key(self, req: _Request):
@@ -198,6 +225,7 @@ class Simulator:
         cached = req.record.cached_tokens
         full_key = req.key + req.output_tokens
         state.context = full_key
+        state.transcript += array("q", program.turns[req.turn].append_tokens) + req.output_tokens
         last_node = None
         if self.policy.prefix_reuse:
             # Like SGLang, the last sampled token was never fed back, so it has no KV to cache.
@@ -213,19 +241,20 @@ class Simulator:
         else:
             self.allocator.free(req.slots)
         turn = program.turns[req.turn]
+        session = self._session(program, req.turn)
         if self.controller is not None:
             self.controller.on_turn_finished(_FinishedReq(req.rid, last_node, req.key, cached), last_node is not None)
         if turn.tool_name is None:
             return
-        if self.controller is not None:
+        if self.policy.retention == "ttl":
             declared = turn.tool_duration_s if self.policy.declare_durations else None
             if self.policy.fixed_ttl_s is not None:
                 declared = self.policy.fixed_ttl_s / (1.0 + DECLARED_DURATION_SLACK)
-            answer = self.controller.tool_start(ToolStart(program.program_id, turn.tool_name, declared))
+            answer = self.controller.tool_start(ToolStart(session, turn.tool_name, declared))
             self.decisions.append((self.now, program.program_id, req.turn, "ttl_s", answer["ttl_s"]))
             self.decisions.append((self.now, program.program_id, req.turn, "pinned_tokens", answer["pinned_tokens"]))
         elif self.policy.retention == "infercept" and last_node is not None:
-            self._infercept_decide(program.program_id, turn.tool_name, last_node, len(full_key))
+            self._infercept_decide(session, turn.tool_name, last_node, len(full_key))
         self._schedule(self.now + turn.tool_duration_s, req.program_index, req.turn + 1)
         self._observe_tool(turn.tool_name, turn.tool_duration_s)
 

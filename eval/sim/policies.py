@@ -9,7 +9,9 @@
   al., arXiv 2502.13965) on the LRU cache, no retention.
 - continuum: Continuum (arXiv 2511.02230): TTL pins chosen by our TTL policy + program-level
   FCFS; pins hold the KV (hard) until the TTL, so newcomers wait for them.
-- continuum-soft: the same, with soft pins that only reorder eviction (our server's default).
+- continuum-soft: the same, with soft pins that only reorder eviction.
+- kvflow / ours (workflow programs): KVFlow (arXiv 2507.07400) steps-to-execution eviction from
+  the declared schedule, alone and with Continuum's pins.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ class PolicySpec:
     fixed_ttl_s: Optional[float] = None  # TTL sensitivity: every tool call pinned this long
     pin_mode: str = "hard"  # how retained KV is held: see AgentRadixCache
     declare_durations: bool = False  # the client states each tool's duration in tool_start
+    workflow: bool = False  # workflow programs declare their step schedule (KVFlow eviction)
 
 
 POLICIES: dict[str, PolicySpec] = {
@@ -36,6 +39,13 @@ POLICIES: dict[str, PolicySpec] = {
     "autellix": PolicySpec("autellix", order="plas"),
     "continuum": PolicySpec("continuum", retention="ttl", order="program_fcfs"),
     "continuum-soft": PolicySpec("continuum-soft", retention="ttl", order="program_fcfs", pin_mode="soft"),
+}
+# Multi-agent workflows: KVFlow's steps-to-execution eviction alone and with TTL pins.
+WORKFLOW_POLICIES: dict[str, PolicySpec] = {
+    "sglang-lru": POLICIES["sglang-lru"],
+    "kvflow": PolicySpec("kvflow", workflow=True),
+    "continuum": POLICIES["continuum"],
+    "ours": PolicySpec("ours", retention="ttl", order="program_fcfs", workflow=True),
 }
 
 

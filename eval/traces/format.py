@@ -2,7 +2,10 @@
 
 Each turn appends `append_tokens` to the program's context (the user message or the previous
 tool's result), generates `output_tokens`, and then calls `tool_name` for `tool_duration_s`
-seconds (no tool after the last turn). Token ids are real ids of the model's tokenizer where
+seconds (no tool after the last turn). A multi-agent workflow program also has
+`agent_prefixes` (each agent's fixed prompt, shared by every workflow using that agent) and
+names the agent of each turn: that turn's prompt is its agent's prefix + `system_tokens` (the
+task) + the transcript so far (every earlier turn's append and output) + its append. Token ids are real ids of the model's tokenizer where
 the source has text, so prefixes shared between programs (system prompts, tool schemas) are
 shared in the cache exactly as on a server.
 
@@ -29,6 +32,7 @@ class Turn:
     output_tokens: list[int]
     tool_name: Optional[str] = None  # None: the program ends after this turn
     tool_duration_s: float = 0.0
+    agent_id: Optional[str] = None  # workflow programs: the agent that runs this turn
 
 
 @dataclass
@@ -37,17 +41,16 @@ class Program:
     arrival_s: float
     system_tokens: list[int]
     turns: list[Turn] = field(default_factory=list)
-    # Optional KVFlow step graph: this program's agent id within its workflow.
-    workflow_id: Optional[str] = None
-    agent_id: Optional[str] = None
+    agent_prefixes: Optional[dict[str, list[int]]] = None  # workflow programs only
 
     def turn_inputs(self) -> list[list[int]]:
         """The full prompt of every turn: the context grows by each output and append."""
-        context = list(self.system_tokens)
+        context = [] if self.agent_prefixes else list(self.system_tokens)
         prompts = []
         for turn in self.turns:
             context = context + turn.append_tokens
-            prompts.append(context)
+            head = self.agent_prefixes[turn.agent_id] + self.system_tokens if self.agent_prefixes else []
+            prompts.append(head + context)
             context = context + turn.output_tokens
         return prompts
 
@@ -83,10 +86,18 @@ def program_from_dict(data: dict) -> Program:
         turns.append(Turn(
             _check_tokens(raw.get("append_tokens"), f"turn {i}: append_tokens"),
             _check_tokens(raw.get("output_tokens"), f"turn {i}: output_tokens"),
-            raw.get("tool_name"), float(duration),
+            raw.get("tool_name"), float(duration), raw.get("agent_id"),
         ))
+    prefixes = data.get("agent_prefixes")
+    if prefixes is not None:
+        if not isinstance(prefixes, dict):
+            raise TraceFormatError("agent_prefixes must map agent ids to token lists")
+        prefixes = {a: _check_tokens(t, f"agent_prefixes[{a!r}]") for a, t in prefixes.items()}
+        missing = sorted({t.agent_id for t in turns} - set(prefixes), key=str)
+        if missing:
+            raise TraceFormatError(f"turns name agent(s) {missing} without an agent_prefixes entry")
     return Program(str(data["program_id"]), float(arrival), _check_tokens(data["system_tokens"], "system_tokens"),
-                   turns, data.get("workflow_id"), data.get("agent_id"))
+                   turns, prefixes)
 
 
 def load_programs(path: str | Path) -> list[Program]:
@@ -117,6 +128,5 @@ def with_poisson_arrivals(programs: list[Program], rate_per_s: float, seed: int)
     out = []
     for program in programs:
         now += rnd.expovariate(rate_per_s)
-        out.append(Program(program.program_id, now, program.system_tokens, program.turns,
-                           program.workflow_id, program.agent_id))
+        out.append(Program(program.program_id, now, program.system_tokens, program.turns, program.agent_prefixes))
     return out

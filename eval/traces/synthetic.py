@@ -55,3 +55,38 @@ def coding_agent_programs(
             append = _tokens(rnd, lognormal(rnd, observation_median, 1.0, 10, 8000))
         programs.append(Program(f"coding-{seed}-{i}", 0.0, system, turns))
     return programs
+
+
+def multi_agent_workflows(
+    count: int,
+    seed: int = 0,
+    agent_types: int = 24,
+    agents_per_workflow: int = 4,
+    rounds: int = 3,
+    prefix_tokens: int = 6000,
+    task_tokens: int = 500,
+    output_median: float = 200,
+    result_median: float = 100,
+    tool_median_s: float = 1.0,
+) -> list[Program]:
+    """Multi-agent workflows (KVFlow's setting): `agent_types` agents, each with a long fixed
+    prompt shared by every workflow that uses it; a workflow runs its `agents_per_workflow`
+    agents in a loop for `rounds` rounds over a shared transcript, with a tool call between
+    steps. All sizes are assumptions of this generator."""
+    rnd = random.Random(f"{seed}/agents")
+    prefixes = {f"agent{a}": _tokens(rnd, prefix_tokens) for a in range(agent_types)}
+    programs = []
+    for i in range(count):
+        rnd = random.Random(f"{seed}/workflow/{i}")
+        agents = rnd.sample(sorted(prefixes), agents_per_workflow)
+        schedule = agents * rounds
+        turns = []
+        for step, agent in enumerate(schedule):
+            last = step == len(schedule) - 1
+            append = _tokens(rnd, lognormal(rnd, result_median, 0.8, 5, 2000)) if step else []
+            turns.append(Turn(append, _tokens(rnd, lognormal(rnd, output_median, 0.6, 10, 2000)),
+                              None if last else "tool", 0.0 if last else lognormal(rnd, tool_median_s, 1.0, 0.05, 60.0),
+                              agent))
+        used = {a: prefixes[a] for a in agents}
+        programs.append(Program(f"workflow-{seed}-{i}", 0.0, _tokens(rnd, task_tokens), turns, used))
+    return programs
