@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable, Optional
+from typing import TYPE_CHECKING, Callable, Optional, Protocol
 
 from sglang_agent.config import AgentServerArgs
 from sglang_agent.policy import Clock
 from sglang_agent.policy.pins import plan_pin
+from sglang_agent.policy.temporal import OFFLOAD, decide_placement
 from sglang_agent.policy.ttl import EvictionCost, ToolDurationModel, choose_ttl, memory_cost_rate
 from sglang_agent.policy.workflow import Workflow, WorkflowError
 from sglang_agent.server.hints import HintError, InlineAgentHint, ToolStart, WorkflowDef, WorkflowStep
@@ -30,12 +31,23 @@ class LoadSnapshot:
     waiting_tokens: int = 0
 
 
+class HostTier(Protocol):
+    """Where an idle session's KV can wait during a long tool call (TokenCake). The server has
+    none yet; the simulator models one (eval/sim/host_tier.py)."""
+
+    def reload_s(self, tokens: int) -> float: ...
+    def has_room(self, tokens: int) -> bool: ...
+    def offload(self, session_id: str, tokens: int, keep_s: float, prefetch_after_s: float) -> None: ...
+    def prefetch_now(self, session_id: str) -> None: ...
+
+
 @dataclass
 class ToolCall:
     tool_name: str
     started_at: float
     expected_duration_s: Optional[float]
     ttl_s: float = 0.0
+    offloaded: bool = False
 
 
 @dataclass
@@ -56,6 +68,8 @@ class AgentStats:
     pins_refused: int = 0
     pins_displaced: int = 0
     pins_expired_before_tool_end: int = 0
+    offloads: int = 0
+    offloaded_tokens: int = 0
     resumed_turns: int = 0
     resumed_turns_with_hit: int = 0
     resumed_cached_tokens: int = 0
@@ -69,8 +83,10 @@ class AgentController:
         args: AgentServerArgs,
         clock: Clock,
         load_probe: Callable[[], LoadSnapshot] = LoadSnapshot,
+        host_tier: Optional[HostTier] = None,
     ):
         self.cache = cache
+        self.host_tier = host_tier
         self.args = args
         self.clock = clock
         self.load_probe = load_probe
@@ -229,7 +245,7 @@ class AgentController:
         now = self.clock()
         self.stats.tool_calls += 1
         session.resuming = True
-        decision = self._choose_ttl(session.session_id, hint)
+        decision, samples, cost, path_tokens = self._choose_ttl(session.session_id, hint)
         tool = ToolCall(hint.tool_name, now, hint.expected_duration_s)
         session.tool = tool
         body = {
@@ -241,7 +257,17 @@ class AgentController:
             "expected_cost_s": decision.expected_cost_s,
             "p_return_within_ttl": decision.p_return_within_ttl,
             "reason": decision.reason,
+            "action": "drop" if decision.ttl_s <= 0 else "pin",
         }
+        if self.host_tier is not None and path_tokens > 0:
+            placement = decide_placement(samples, cost, decision, self.host_tier.has_room(path_tokens), self.args.max_ttl_s)
+            if placement.action == OFFLOAD:
+                self.host_tier.offload(session.session_id, path_tokens, placement.ttl_s, placement.prefetch_after_s)
+                tool.offloaded = True
+                self.stats.offloads += 1
+                self.stats.offloaded_tokens += path_tokens
+                return {**body, "action": OFFLOAD, "offloaded_tokens": path_tokens,
+                        "prefetch_after_s": placement.prefetch_after_s, "reason": placement.reason}
         if decision.ttl_s <= 0:
             self.stats.pins_refused += 1
             return body
@@ -271,12 +297,13 @@ class AgentController:
         pool = max(1, self.cache.pool_size_tokens())
         cost = EvictionCost(
             recompute_s=path_tokens / self.args.prefill_tokens_per_s,
-            reload_s=None,  # no host tier yet: a lost prefix is recomputed
+            # Without a host tier a lost prefix is recomputed.
+            reload_s=None if self.host_tier is None else self.host_tier.reload_s(path_tokens),
             queue_delay_s=load.waiting_tokens / self.args.prefill_tokens_per_s,
         )
         rate = memory_cost_rate(path_tokens / pool, load.waiting_requests, self.args.memory_cost_scale)
         samples = self.durations.samples(hint.tool_name, hint.expected_duration_s)
-        return choose_ttl(samples, cost, rate, self.args.max_ttl_s)
+        return choose_ttl(samples, cost, rate, self.args.max_ttl_s), samples, cost, path_tokens
 
     def _finish_tool(self, session: AgentSession, now: float) -> dict:
         tool = session.tool
@@ -286,6 +313,8 @@ class AgentController:
         lost = tool.ttl_s > 0 and duration > tool.ttl_s
         self.stats.pins_expired_before_tool_end += lost
         session.tool = None
+        if tool.offloaded and self.host_tier is not None:
+            self.host_tier.prefetch_now(session.session_id)  # an early return reloads at once
         # Keep the pin a short grace so the next turn finds its prefix; it never outlives the TTL.
         remaining = 0.0
         if tool.ttl_s > 0 and not lost:

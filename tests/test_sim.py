@@ -27,6 +27,9 @@ class LinearCost:
     def prefill_tokens_per_s(self) -> float:
         return 1000.0
 
+    def reload_s(self, tokens: int) -> float:
+        return 0.0001 * tokens  # host -> GPU: 10x faster than recomputing
+
 
 def ids(start: int, n: int) -> list[int]:
     return list(range(start, start + n))
@@ -101,3 +104,19 @@ def test_kvflow_keeps_the_agent_due_next():
     kvflow = simulate([program], LinearCost(), WORKFLOW_POLICIES["kvflow"], pool_tokens=260)
     assert lru.programs[0].turns[3].cached_tokens < 100
     assert kvflow.programs[0].turns[3].cached_tokens >= 100
+
+
+def test_offload_reloads_a_long_tool_callers_context_from_host():
+    # A 100-token context and a 5 s tool: the temporal policy offloads (5 s >> 0.01 s reload)
+    # and prefetches at the predicted return, so the resumed turn finds all 102 tokens without
+    # recomputing, although the GPU copy was evicted by another program meanwhile.
+    from eval.sim.policies import PolicySpec
+
+    a = two_turn_program("A", 0, 0.0, tool_s=5.0)
+    b = Program("B", 1.0, ids(10_000, 150), [Turn([], ids(11_000, 2))])  # needs A's slots
+    spec = PolicySpec("offload", retention="ttl", order="program_fcfs", offload=True, declare_durations=True)
+    result = {p.program_id: p for p in simulate([a, b], LinearCost(), spec, pool_tokens=260).programs}
+    resumed = result["A"].turns[1]
+    assert resumed.cached_tokens == 102
+    # No recompute: prefill of the 11 new tokens only; the prefetch finished before the return.
+    assert resumed.first_token_s - resumed.arrival_s == pytest.approx(0.011, abs=1e-6)

@@ -23,6 +23,7 @@ from sglang.srt.mem_cache.base_prefix_cache import EvictParams, InsertParams, Ma
 from sglang.srt.mem_cache.radix_cache import RadixKey
 
 from eval.sim.cost_model import CostModel
+from eval.sim.host_tier import SimHostTier
 from eval.sim.policies import PolicySpec, infercept_preserve
 from eval.traces.format import Program
 from sglang_agent.cache.agent_radix_cache import AgentRadixCache
@@ -67,6 +68,8 @@ class _Request:
     output_tokens: array
     record: TurnRecord
     node: int = 0
+    gpu_cached: int = 0  # prefix found in the GPU tree (the rest of record.cached_tokens was reloaded)
+    reload_wait_s: float = 0.0
     lock: object = None
     slots: Optional[torch.Tensor] = None
     produced: int = 0
@@ -113,6 +116,7 @@ class Simulator:
         self.tool_mean_s: dict[str, tuple[float, int]] = {}  # infercept's profiled durations
         self.infercept_pins: set[str] = set()
         self.controller = None
+        self.host = SimHostTier(policy.host_pool_tokens, cost, lambda: self.now) if policy.offload else None
         if policy.retention == "ttl" or policy.workflow:
             # A fixed TTL: no memory price, so the declared duration is always taken as the TTL.
             defaults = AgentServerArgs()
@@ -121,7 +125,8 @@ class Simulator:
                 memory_cost_scale=0.0 if policy.fixed_ttl_s is not None else defaults.memory_cost_scale,
                 max_ttl_s=max(defaults.max_ttl_s, policy.fixed_ttl_s or 0.0),
             )
-            self.controller = AgentController(self.cache, args, clock=lambda: self.now, load_probe=self._load)
+            self.controller = AgentController(self.cache, args, clock=lambda: self.now, load_probe=self._load,
+                                              host_tier=self.host)
         for index, state in enumerate(self.programs):
             self._schedule(state.program.arrival_s, index, 0)
 
@@ -193,10 +198,15 @@ class Simulator:
             if self.policy.prefix_reuse:
                 match = self.cache.match_prefix(MatchPrefixParams(key=RadixKey(req.key)))
                 cached, node = match.device_prefix_len, match.last_device_node
-            new_tokens = len(req.key) - cached
+            reload = 0
+            session = self._session(self.programs[req.program_index].program, req.turn)
+            copy = self.host.peek(session) if self.host is not None else None
+            if copy is not None and min(copy.tokens, len(req.key)) > cached:
+                reload = min(copy.tokens, len(req.key)) - cached  # comes back from host, not recomputed
+            new_tokens = len(req.key) - cached - reload
             if admitted and new_tokens > budget:
                 break  # the prefill budget is spent for this iteration
-            need = new_tokens + len(req.output_tokens)
+            need = new_tokens + reload + len(req.output_tokens)
             lock = self.cache.lock(node) if cached else None
             short = need - self.allocator.available_size()
             if short > 0 and not admitted and not self.running and short > self.cache.evictable_size():
@@ -209,9 +219,11 @@ class Simulator:
                 self.cache.unlock(lock)
                 break  # head of line waits for memory
             self.waiting.pop(0)
-            req.node, req.lock = node, lock
+            req.node, req.lock, req.gpu_cached = node, lock, cached
             req.slots = self.allocator.alloc(need)
-            req.record.cached_tokens = cached
+            if reload:
+                req.reload_wait_s = self.host.take(session, cached + reload)
+            req.record.cached_tokens = cached + reload
             req.record.admitted_s = self.now
             budget -= new_tokens
             admitted.append(req)
@@ -222,7 +234,7 @@ class Simulator:
         state = self.programs[req.program_index]
         program = state.program
         req.record.finish_s = self.now
-        cached = req.record.cached_tokens
+        cached = req.gpu_cached
         full_key = req.key + req.output_tokens
         state.context = full_key
         state.transcript += array("q", program.turns[req.turn].append_tokens) + req.output_tokens
@@ -295,6 +307,8 @@ class Simulator:
 
     def _step(self, admitted: list[_Request]) -> None:
         prefill_s = sum(self.cost.prefill_s(len(r.key) - r.record.cached_tokens, r.record.cached_tokens) for r in admitted)
+        # A turn whose host reload is still in flight holds its batch until the copy lands.
+        prefill_s += max((r.reload_wait_s for r in admitted), default=0.0)
         decoding = self.running
         # Several decode-only steps at once when nothing can change in between: no admission
         # (nothing waits or nothing was admittable), no arrival and no finish before then.

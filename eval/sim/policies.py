@@ -10,8 +10,10 @@
 - continuum: Continuum (arXiv 2511.02230): TTL pins chosen by our TTL policy + program-level
   FCFS; pins hold the KV (hard) until the TTL, so newcomers wait for them.
 - continuum-soft: the same, with soft pins that only reorder eviction.
-- kvflow / ours (workflow programs): KVFlow (arXiv 2507.07400) steps-to-execution eviction from
-  the declared schedule, alone and with Continuum's pins.
+- ours: continuum + TokenCake-style offload to a modelled host tier during long tool calls
+  (policy/temporal.py) + the declared step graph when the trace has one.
+- kvflow (workflow programs): KVFlow (arXiv 2507.07400) steps-to-execution eviction from the
+  declared schedule alone.
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ class PolicySpec:
     pin_mode: str = "hard"  # how retained KV is held: see AgentRadixCache
     declare_durations: bool = False  # the client states each tool's duration in tool_start
     workflow: bool = False  # workflow programs declare their step schedule (KVFlow eviction)
+    offload: bool = False  # TokenCake-style host tier during long tool calls
+    host_pool_tokens: int = 4_000_000  # ~512 GB of host memory at Llama-3.1-8B's 128 KiB/token
 
 
 POLICIES: dict[str, PolicySpec] = {
@@ -39,13 +43,14 @@ POLICIES: dict[str, PolicySpec] = {
     "autellix": PolicySpec("autellix", order="plas"),
     "continuum": PolicySpec("continuum", retention="ttl", order="program_fcfs"),
     "continuum-soft": PolicySpec("continuum-soft", retention="ttl", order="program_fcfs", pin_mode="soft"),
+    "ours": PolicySpec("ours", retention="ttl", order="program_fcfs", offload=True, workflow=True),
 }
 # Multi-agent workflows: KVFlow's steps-to-execution eviction alone and with TTL pins.
 WORKFLOW_POLICIES: dict[str, PolicySpec] = {
     "sglang-lru": POLICIES["sglang-lru"],
     "kvflow": PolicySpec("kvflow", workflow=True),
     "continuum": POLICIES["continuum"],
-    "ours": PolicySpec("ours", retention="ttl", order="program_fcfs", workflow=True),
+    "ours": PolicySpec("ours", retention="ttl", order="program_fcfs", workflow=True, offload=True),
 }
 
 

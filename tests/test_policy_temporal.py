@@ -1,0 +1,46 @@
+import pytest
+
+from sglang_agent.policy.temporal import DROP, OFFLOAD, PIN, decide_placement, predicted_return_s
+from sglang_agent.policy.ttl import EvictionCost, TTLDecision, choose_ttl
+
+COST = EvictionCost(recompute_s=2.0, reload_s=0.2, queue_delay_s=0.0)
+
+
+def ttl_for(samples, rate=0.0):
+    return choose_ttl(samples, COST, rate, max_ttl_s=60)
+
+
+def test_long_tool_is_offloaded_and_prefetched_before_it_returns():
+    samples = [8.0, 10.0, 12.0]
+    d = decide_placement(samples, COST, ttl_for(samples), host_room=True, max_ttl_s=60)
+    assert d.action == OFFLOAD
+    assert d.prefetch_after_s == pytest.approx(10.0 - 0.2)  # predicted return minus the reload
+    assert d.ttl_s >= 20.0  # the host copy outlives the predicted return
+
+
+def test_short_tool_stays_pinned():
+    samples = [0.1, 0.2, 0.3]
+    d = decide_placement(samples, COST, ttl_for(samples), host_room=True, max_ttl_s=60)
+    assert d.action == PIN and d.ttl_s == 0.3 and d.prefetch_after_s is None
+
+
+def test_no_host_room_or_no_host_path_falls_back_to_the_ttl():
+    samples = [8.0, 10.0, 12.0]
+    assert decide_placement(samples, COST, ttl_for(samples), host_room=False, max_ttl_s=60).action == PIN
+    no_host = EvictionCost(recompute_s=2.0, reload_s=None, queue_delay_s=0.0)
+    assert decide_placement(samples, no_host, ttl_for(samples), host_room=True, max_ttl_s=60).action == PIN
+
+
+def test_reload_slower_than_recompute_is_never_chosen():
+    slow_link = EvictionCost(recompute_s=0.1, reload_s=0.5, queue_delay_s=0.0)
+    d = decide_placement([30.0], slow_link, ttl_for([30.0]), host_room=True, max_ttl_s=60)
+    assert d.action != OFFLOAD
+
+
+def test_drop_when_nothing_pays():
+    refused = TTLDecision(0.0, 0.0, 0.0, 0.0, "no positive utility")
+    assert decide_placement([0.1], COST, refused, host_room=True, max_ttl_s=60).action == DROP
+
+
+def test_median_prediction_ignores_the_tail():
+    assert predicted_return_s([1.0, 1.0, 1.0, 100.0]) == 1.0
