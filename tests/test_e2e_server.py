@@ -43,7 +43,7 @@ def stats(server) -> dict:
 def test_pin_keeps_prefix_across_tool_call_under_pool_pressure(server):
     turn1 = {s: generate(server, prompt(seed), {"session_id": s}).json() for s, seed in (("pinned", 1), ("unpinned", 2))}
     start = requests.post(server.url + "/agent/tool_start",
-                          json={"session_id": "pinned", "tool_name": "bash", "expected_duration_s": 5}, timeout=30)
+                          json={"session_id": "pinned", "tool_name": "bash", "expected_duration_s": 40}, timeout=30)  # outlasts a slow CI
     assert start.status_code == 200, start.text
     assert start.json()["ttl_s"] > 0 and start.json()["pinned_tokens"] > 0
     assert stats(server)["pinned_tokens"] == start.json()["pinned_tokens"]
