@@ -16,7 +16,7 @@ from sglang_agent.policy import Clock
 from sglang_agent.policy.pins import plan_pin
 from sglang_agent.policy.temporal import OFFLOAD, decide_placement
 from sglang_agent.policy.ttl import EvictionCost, ToolDurationModel, choose_ttl, memory_cost_rate
-from sglang_agent.policy.workflow import Workflow, WorkflowError
+from sglang_agent.policy.workflow import UnknownAgentError, Workflow, WorkflowError
 from sglang_agent.server.hints import HintError, InlineAgentHint, ToolStart, WorkflowDef, WorkflowStep
 
 if TYPE_CHECKING:
@@ -167,8 +167,10 @@ class AgentController:
             raise HintError(404, f"unknown workflow {step.workflow_id!r}: declare it with POST /agent/workflow")
         try:
             workflow.advance(step.agent_id)
+        except UnknownAgentError as e:
+            raise HintError(404, str(e)) from None
         except WorkflowError as e:
-            raise HintError(404 if "unknown agent" in str(e) else 409, str(e)) from None
+            raise HintError(409, str(e)) from None
         return {"workflow_id": step.workflow_id, "steps_to_execution": self._push_steps(workflow)}
 
     def _push_steps(self, workflow: Workflow) -> dict[str, Optional[int]]:

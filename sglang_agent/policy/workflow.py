@@ -18,6 +18,10 @@ class WorkflowError(ValueError):
     """A workflow definition or step that contradicts itself."""
 
 
+class UnknownAgentError(WorkflowError):
+    """A step names an agent the workflow does not have."""
+
+
 @dataclass
 class Workflow:
     workflow_id: str
@@ -56,7 +60,7 @@ class Workflow:
     def check_step(self, agent_id: str) -> None:
         """Raise WorkflowError unless `agent_id` may run next."""
         if agent_id not in self.agents:
-            raise WorkflowError(f"unknown agent {agent_id!r} in workflow {self.workflow_id!r}")
+            raise UnknownAgentError(f"unknown agent {agent_id!r} in workflow {self.workflow_id!r}")
         if self.schedule:
             nxt = self.position + 1
             if nxt >= len(self.schedule):
