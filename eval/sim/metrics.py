@@ -27,7 +27,8 @@ def summarize(result: SimResult) -> dict:
         "p90_jct_s": percentile(jcts, 0.9),
         "throughput_programs_per_s": len(result.programs) / span,
         "prompt_tokens_per_s": tokens / span,
-        # All the KV the previous turn left (prompt + output) was still cached when the turn came back.
+        # All the KV the previous turn left (prompt + output) was still cached, on GPU or (with
+        # offload) on host, when the turn came back.
         "hit_rate_after_tool": sum(t.cached_tokens >= t.previous_context_tokens for t in resumed) / max(1, len(resumed)),
         "token_hit_rate": sum(t.cached_tokens for t in turns) / max(1, tokens),
         "avg_queue_s": statistics.mean(t.admitted_s - t.arrival_s for t in turns),
