@@ -6,7 +6,8 @@ checks the SGLang version it was written for and fails loudly on another.
 
 What always happens on load: `--radix-cache-backend agent` and the tree-core backend become
 available, and the hint messages are registered for SGLang's IPC. The hooks that change server
-behaviour (hint routes, scheduler dispatch, program-level FCFS, hard-pin release) are applied only when the
+behaviour (hint routes, scheduler dispatch, program-level FCFS, hard-pin release, the HiCache
+copy engine and its CPU host pool) are applied only when the
 server was started through `python -m sglang_agent.launch_server` (env SGLANG_AGENT_ENABLE=1).
 """
 
@@ -36,6 +37,8 @@ def load() -> None:
     if not enabled():
         return
     from sglang_agent.patches import (
+        hicache_copy_engine,
+        host_pool_cpu,
         http_server_routes,
         schedule_policy_fcfs,
         scheduler_dispatch,
@@ -43,7 +46,8 @@ def load() -> None:
         tokenizer_communicator,
     )
 
-    hooks = (scheduler_dispatch, tokenizer_communicator, schedule_policy_fcfs, scheduler_pin_release, http_server_routes)
+    hooks = (scheduler_dispatch, tokenizer_communicator, schedule_policy_fcfs, scheduler_pin_release,
+             http_server_routes, host_pool_cpu, hicache_copy_engine)
     for hook in hooks:
         hook.register()
     logger.info("sglang-agent hooks registered")

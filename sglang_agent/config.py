@@ -29,6 +29,9 @@ class AgentServerArgs:
     tool_prior_s: tuple[float, ...] = DEFAULT_PRIOR_DURATIONS_S
     program_fcfs: bool = True
     pin_mode: str = "hard"
+    # Host<->GPU copy bandwidth that prices a reload from the host tier. 25 GB/s is a
+    # conservative PCIe 5.0 x16 figure; measure yours with `python -m eval.bench_kv_transfer`.
+    host_bandwidth_gbps: float = 25.0
 
     def __post_init__(self):
         if not 0.0 <= self.max_pinned_fraction <= 1.0:
@@ -38,6 +41,8 @@ class AgentServerArgs:
                 raise ValueError(f"--agent-{name.replace('_', '-')} must be >= 0")
         if self.prefill_tokens_per_s <= 0:
             raise ValueError("--agent-prefill-tokens-per-s must be > 0")
+        if self.host_bandwidth_gbps <= 0:
+            raise ValueError("--agent-host-bandwidth-gbps must be > 0")
         if self.pin_mode not in ("soft", "hard"):
             raise ValueError(f"--agent-pin-mode must be soft or hard, got {self.pin_mode!r}")
         if not self.tool_prior_s or any(d < 0 for d in self.tool_prior_s):
@@ -63,6 +68,10 @@ class AgentServerArgs:
                            help="hard (default, Continuum): a pin holds the KV until its TTL, newcomers wait "
                                 "(released early only when nothing else can free memory); soft: pins only "
                                 "reorder eviction and never delay admission.")
+        group.add_argument("--agent-host-bandwidth-gbps", type=float, default=d.host_bandwidth_gbps,
+                           help="Host<->GPU copy bandwidth (GB/s) used to price a reload from the host tier "
+                                "when deciding to offload a session during a tool call (needs "
+                                "--enable-hierarchical-cache; default %(default)s).")
         group.add_argument("--agent-disable-program-fcfs", action="store_true",
                            help="Order resumed turns by their own arrival (upstream FCFS).")
 
@@ -81,6 +90,7 @@ class AgentServerArgs:
             tool_prior_s=prior,
             program_fcfs=not args.agent_disable_program_fcfs,
             pin_mode=args.agent_pin_mode,
+            host_bandwidth_gbps=args.agent_host_bandwidth_gbps,
         )
 
     def to_env(self) -> str:

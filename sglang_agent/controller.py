@@ -32,13 +32,15 @@ class LoadSnapshot:
 
 
 class HostTier(Protocol):
-    """Where an idle session's KV can wait during a long tool call (TokenCake). The server has
-    none yet; the simulator models one (eval/sim/host_tier.py)."""
+    """Where an idle session's KV can wait during a long tool call (TokenCake): SGLang's HiCache
+    in the server (cache/host_tier.py), a model of it in the simulator (eval/sim/host_tier.py)."""
 
     def reload_s(self, tokens: int) -> float: ...
     def has_room(self, tokens: int) -> bool: ...
     def offload(self, session_id: str, tokens: int, keep_s: float, prefetch_after_s: float) -> None: ...
-    def prefetch_now(self, session_id: str) -> None: ...
+    # The tool returned (tool_end), or the next turn arrived (turn_arrived): reload now.
+    def prefetch_now(self, session_id: str, turn_arrived: bool = False) -> None: ...
+    def forget(self, session_id: str) -> None: ...
 
 
 @dataclass
@@ -110,9 +112,12 @@ class AgentController:
         session = self.sessions.get(hint.session_id)
         if session is None:
             session = self.sessions[hint.session_id] = AgentSession(hint.session_id, program_arrival=now)
-        elif session.tool is not None:
-            # The next turn arriving is the tool's return, stated or not.
-            self._finish_tool(session, now)
+        else:
+            if session.tool is not None:
+                # The next turn arriving is the tool's return, stated or not.
+                self._finish_tool(session, now, turn_arrived=True)
+            if self.host_tier is not None:
+                self.host_tier.prefetch_now(hint.session_id, turn_arrived=True)
         session.running_rids.add(rid)
         session.pending_tool = hint.tool_start
         self.rid_to_session[rid] = hint.session_id
@@ -137,6 +142,8 @@ class AgentController:
     def close(self, session_id: str) -> dict:
         session = self._session(session_id)
         self.cache.close_agent_session(session_id)
+        if self.host_tier is not None:
+            self.host_tier.forget(session_id)
         for rid in session.running_rids:
             self.rid_to_session.pop(rid, None)
         del self.sessions[session_id]
@@ -202,7 +209,12 @@ class AgentController:
             "hit_rate_after_tool_calls": (
                 self.stats.resumed_turns_with_hit / self.stats.resumed_turns if self.stats.resumed_turns else None
             ),
+            **self._host_tier_snapshot(),
         }
+
+    def _host_tier_snapshot(self) -> dict:
+        snapshot = getattr(self.host_tier, "snapshot", None)
+        return {"host_tier": None} if snapshot is None else snapshot()
 
     def program_arrival(self, rid: str) -> Optional[float]:
         session_id = self.rid_to_session.get(rid)
@@ -307,7 +319,7 @@ class AgentController:
         samples = self.durations.samples(hint.tool_name, hint.expected_duration_s)
         return choose_ttl(samples, cost, rate, self.args.max_ttl_s), samples, cost, path_tokens
 
-    def _finish_tool(self, session: AgentSession, now: float) -> dict:
+    def _finish_tool(self, session: AgentSession, now: float, turn_arrived: bool = False) -> dict:
         tool = session.tool
         assert tool is not None
         duration = now - tool.started_at
@@ -315,7 +327,7 @@ class AgentController:
         lost = tool.ttl_s > 0 and duration > tool.ttl_s
         self.stats.pins_expired_before_tool_end += lost
         session.tool = None
-        if tool.offloaded and self.host_tier is not None:
+        if tool.offloaded and self.host_tier is not None and not turn_arrived:
             self.host_tier.prefetch_now(session.session_id)  # an early return reloads at once
         # Keep the pin a short grace so the next turn finds its prefix; it never outlives the TTL.
         remaining = 0.0

@@ -3,7 +3,10 @@
     python -m sglang_agent.launch_server [--agent-* options] <any sglang.launch_server args>
 
 The --agent-* options are ours (see --help); everything else goes to SGLang unchanged.
-`--radix-cache-backend agent` is added unless another backend is named."""
+`--radix-cache-backend agent` is added unless another backend is named. With
+`--enable-hierarchical-cache` (the host tier that offload during tool calls uses),
+`--hicache-io-backend kernel --hicache-mem-layout layer_first` are added unless named, so that
+our Triton kernel is HiCache's copy engine (patches/hicache_copy_engine.py)."""
 
 from __future__ import annotations
 
@@ -27,6 +30,18 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _named(args: list[str], flag: str) -> bool:
+    return any(a == flag or a.startswith(flag + "=") for a in args)
+
+
+def _defaults(args: list[str]) -> list[tuple[str, str]]:
+    added = [] if _named(args, "--radix-cache-backend") else [("--radix-cache-backend", "agent")]
+    if "--enable-hierarchical-cache" in args:
+        added += [(flag, value) for flag, value in (("--hicache-io-backend", "kernel"), ("--hicache-mem-layout", "layer_first"))
+                  if not _named(args, flag)]
+    return added
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     parser = _parser()
@@ -39,8 +54,8 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("the sglang_agent plugin is not installed: run `pip install -e .` (or bash scripts/setup.sh)")
     os.environ["SGLANG_AGENT_ENABLE"] = "1"
     os.environ[ENV_VAR] = agent_args.to_env()
-    if not any(a == "--radix-cache-backend" or a.startswith("--radix-cache-backend=") for a in rest):
-        rest += ["--radix-cache-backend", "agent"]
+    for flag, value in _defaults(rest):
+        rest += [flag, value]
 
     from sglang.launch_server import run_server
     from sglang.srt.plugins import load_plugins

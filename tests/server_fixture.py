@@ -29,12 +29,12 @@ def free_port() -> int:
 
 class RunningServer:
     def __init__(self, tmp: Path, extra_args: list[str], module: str = "sglang_agent.launch_server",
-                 startup_timeout_s: float = 240.0):
+                 startup_timeout_s: float = 240.0, env: dict | None = None):
         model = write_tiny_llama(tmp / "tiny-llama")
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = tmp / f"server-{self.port}.log"
-        env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", **(env or {})}
         cmd = [sys.executable, "-m", module, "--model-path", str(model), "--port", str(self.port),
                *CPU_SERVER_ARGS, *extra_args]
         self.log = open(self.log_path, "w")

@@ -96,3 +96,61 @@ def test_mismatched_staging_is_rejected():
         kt.gather(bufs, torch.tensor([1, 2]), torch.empty((2, 3, 1, 8), dtype=torch.float16))
     with pytest.raises(ValueError, match="staging"):
         kt.gather(bufs, torch.tensor([1, 2]), torch.empty((2, 2, 1, 8), dtype=torch.bfloat16))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_copy_rows_between_two_pools_matches_torch(dtype):
+    """The HiCache shape: rows of a device pool to scattered rows of a larger host pool, all
+    layers in one launch, and back."""
+    device = pool((40, 2, 8), dtype, n_buffers=6, seed=4)
+    host_mine = [torch.zeros((100, 2, 8), dtype=dtype) for _ in range(6)]
+    host_ref = [h.clone() for h in host_mine]
+    src = random_slots(40, 17, seed=5)
+    dst = random_slots(100, 17, seed=6)
+    kt.copy_rows(device, src, host_mine, dst, block_slots=8)
+    kt.torch_copy_rows(device, src, host_ref, dst)
+    assert all(torch.equal(bits(a), bits(b)) for a, b in zip(host_mine, host_ref))
+    assert all(torch.equal(bits(h[dst]), bits(d[src])) for h, d in zip(host_mine, device))
+    # ...and back into fresh device slots: the same bytes come home.
+    back = [torch.zeros_like(d) for d in device]
+    fresh = random_slots(40, 17, seed=7)
+    kt.copy_rows(host_mine, dst, back, fresh)
+    assert all(torch.equal(bits(b[fresh]), bits(d[src])) for b, d in zip(back, device))
+
+
+def test_copy_rows_with_an_unaligned_destination_still_copies_exactly():
+    """Staging views of 6-byte rows start off 16-byte boundaries: the kernel must not claim
+    alignment it was not given (checked for the PTX in test_kv_transfer_ptx.py)."""
+    src = pool((20, 1, 3), torch.float16, n_buffers=3, seed=8)
+    staging = torch.zeros((3 * 7 + 1, 1, 3), dtype=torch.float16)[1:].view(3, 7, 1, 3)
+    slots = random_slots(20, 7, seed=9)
+    dst_bufs = [staging[b] for b in range(3)]
+    assert not kt.all_aligned_16(dst_bufs)
+    kt.copy_rows(src, slots, dst_bufs, torch.arange(7))
+    assert all(torch.equal(bits(staging[b]), bits(src[b][slots])) for b in range(3))
+
+
+@pytest.mark.parametrize(
+    "change, fragment",
+    [
+        ("fewer_dst", "destination buffers"),
+        ("dtype", "dtype"),
+        ("row", "bytes"),
+        ("lengths", "destination slots"),
+    ],
+)
+def test_copy_rows_rejects_mismatched_pools(change, fragment):
+    src = pool((10, 1, 8), torch.float16, 2, seed=0)
+    dst = [torch.zeros((12, 1, 8), dtype=torch.float16) for _ in range(2)]
+    s, d = torch.tensor([1, 2]), torch.tensor([3, 4])
+    if change == "fewer_dst":
+        dst = dst[:1]
+    elif change == "dtype":
+        dst = [x.view(torch.bfloat16) for x in dst]
+    elif change == "row":
+        dst = [torch.zeros((12, 1, 4), dtype=torch.float16) for _ in range(2)]
+    else:
+        d = torch.tensor([3])
+    for fn in (kt.copy_rows, kt.torch_copy_rows):
+        with pytest.raises(ValueError, match=fragment):
+            fn(src, s, dst, d)

@@ -50,7 +50,10 @@ class SimHostTier:
         now = self.clock()
         self.copies[session_id] = HostCopy(tokens, now + keep_s, now + prefetch_after_s)
 
-    def prefetch_now(self, session_id: str) -> None:
+    def forget(self, session_id: str) -> None:
+        self.copies.pop(session_id, None)
+
+    def prefetch_now(self, session_id: str, turn_arrived: bool = False) -> None:
         copy = self.copies.get(session_id)
         if copy is not None:
             copy.prefetch_at = min(copy.prefetch_at, self.clock())

@@ -40,6 +40,7 @@ if TYPE_CHECKING:
     from sglang.srt.managers.schedule_batch import Req
 
 TurnListener = Callable[["Req", bool], None]
+StepListener = Callable[[], None]
 PIN_MODES = ("soft", "hard")
 
 
@@ -52,6 +53,8 @@ class AgentRadixCache(UnifiedRadixCache):
         self.clock = clock
         self.pin_mode = pin_mode
         self.turn_listeners: list[TurnListener] = []
+        # Called once per scheduler step after HiCache's own polling (the host tier's timers).
+        self.step_listeners: list[StepListener] = []
         super().__init__(params)
         self.tree_core.eviction_strategy = AgentEvictionStrategy(self.tree_core.eviction_strategy, clock)
         self.tree_core.on_split = self._on_split
@@ -70,6 +73,8 @@ class AgentRadixCache(UnifiedRadixCache):
         self._pin_locks: dict[str, object] = {}
         # session -> KVFlow steps until its agent runs next (sessions of declared workflows)
         self._session_steps: dict[str, int] = {}
+        # offloaded session -> (node, host lock) keeping its host copy from host-LRU eviction
+        self._host_holds: dict[str, tuple[int, object]] = {}
 
     def _on_split(self, new_parent: AgentTreeNode, child: AgentTreeNode) -> None:
         for session_id in child.session_ids:
@@ -133,6 +138,7 @@ class AgentRadixCache(UnifiedRadixCache):
 
     def close_agent_session(self, session_id: str) -> None:
         self.unpin_session(session_id)
+        self.release_host(session_id)
         self._session_steps.pop(session_id, None)
         for node in self._session_nodes.pop(session_id, ()):
             node.session_ids.discard(session_id)
@@ -262,6 +268,78 @@ class AgentRadixCache(UnifiedRadixCache):
     def pool_size_tokens(self) -> int:
         return self.token_to_kv_pool_allocator.size
 
+    # ---- host tier (SGLang's HiCache, --enable-hierarchical-cache) ---------------------------
+    def has_host_tier(self) -> bool:
+        return getattr(self, "cache_controller", None) is not None
+
+    def check_hicache_events(self) -> None:
+        """SGLang calls this once per scheduler step when HiCache is on: after its own polling
+        (write/load acks), run the agent host tier's due work (offload retries, prefetches)."""
+        super().check_hicache_events()
+        for listener in self.step_listeners:
+            listener()
+
+    def offload_session(self, session_id: str) -> tuple[int, bool]:
+        """Move the session's latest path from GPU to host memory, deepest node first. A node is
+        demoted (device slots freed, host copy kept in the tree) once its host copy is written;
+        write-through has usually written it at insert. A node whose copy is still being written
+        is left for a later call; a node with no copy gets one queued (never waited for here).
+        Nodes that running requests lock, or that have GPU-resident children of other paths,
+        stay on the GPU, and so do their ancestors. Returns (GPU tokens freed, done)."""
+        if not self.has_host_tier():
+            return 0, True
+        from sglang.srt.mem_cache.unified_cache.component_type import ComponentType
+
+        tracker = {ct: 0 for ct in self.tree_components}
+        done = True
+        for node in list(self._path(self._live_node(self._session_last_node.get(session_id)))):
+            if node.evicted:
+                continue  # already host-only (or dropped): its ancestors may still be on GPU
+            if not self.tree_core._is_device_leaf(node):
+                # Locked by its host copy still being written: retry later. Locked by a request,
+                # or holding other paths' GPU-resident children: it stays.
+                done = node.id not in self.ongoing_write_through
+                break
+            if not node.backuped:
+                self._execute_and_commit_kv_backup(self.tree_core.build_backup_kv_action(node.id))
+                done = False  # demoted on a later call, once the copy is acknowledged
+                break
+            self._demote(node.id, tracker)
+        return tracker[ComponentType.FULL], done
+
+    def prefetch_session(self, session_id: str) -> int:
+        """Queue the reload of the session's host-only path to GPU (SGLang's load_back: slots
+        are allocated now, the copy runs on HiCache's load stream with the next prefill batch,
+        whose forward waits for it layer by layer). Returns tokens queued (0: nothing to load,
+        or no room on the GPU)."""
+        node = self._live_node(self._session_last_node.get(session_id))
+        if node is None or not self.has_host_tier() or not node.evicted:
+            self.release_host(session_id)
+            return 0
+        before = self.session_host_tokens(session_id)
+        loaded = self.load_back(node.id)  # holds the host copy itself until the copy is done
+        self.release_host(session_id)
+        return before - self.session_host_tokens(session_id) if loaded else 0
+
+    def hold_host(self, session_id: str) -> bool:
+        """Keep the session's host copy from host-LRU eviction until release_host (an offloaded
+        session's KV lives only there)."""
+        node = self._live_node(self._session_last_node.get(session_id))
+        if node is None or not self.has_host_tier() or session_id in self._host_holds or not node.backuped:
+            return False
+        self._host_holds[session_id] = (node.id, self.inc_host_lock_ref(node.id).to_dec_params())
+        return True
+
+    def release_host(self, session_id: str) -> None:
+        hold = self._host_holds.pop(session_id, None)
+        if hold is not None:
+            self.dec_host_lock_ref(*hold)
+
+    def session_host_tokens(self, session_id: str) -> int:
+        """Tokens of the session's latest path that sit only in host memory."""
+        node = self._live_node(self._session_last_node.get(session_id))
+        return sum(len(n.key) for n in self._path(node) if n.evicted and n.backuped)
+
 
 def agent_radix_cache_factory(ctx) -> AgentRadixCache:
     """`--radix-cache-backend agent`: SGLang's own builder with our class in place, plus the
@@ -274,5 +352,10 @@ def agent_radix_cache_factory(ctx) -> AgentRadixCache:
     args = AgentServerArgs.from_env()
     cache_class = functools.partial(AgentRadixCache, pin_mode=args.pin_mode)
     cache = create_unified_radix_cache(ctx, cache_class=cache_class)
-    cache.agent_controller = AgentController(cache, args, cache.clock)
+    host_tier = None
+    if cache.has_host_tier():  # --enable-hierarchical-cache
+        from sglang_agent.cache.host_tier import HiCacheHostTier
+
+        host_tier = HiCacheHostTier(cache, cache.clock, args.host_bandwidth_gbps)
+    cache.agent_controller = AgentController(cache, args, cache.clock, host_tier=host_tier)
     return cache

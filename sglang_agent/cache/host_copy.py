@@ -1,0 +1,95 @@
+"""Our batched copy kernel as the copy engine of SGLang's HiCache host tier (MHA pools, layer_first
+layout, `--hicache-io-backend kernel`): one launch moves a slot list for every layer's K and V
+between the device pool and the host pool, through the pools' own address tables (for
+registered host memory these are the device-accessible addresses SGLang computed). Counts the
+bytes moved each way for /agent/stats and the Prometheus metrics.
+
+Called from patches/hicache_copy_engine.py; `engine_applies` says when a pool is ours to copy."""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass
+
+import torch
+
+from sglang_agent.kernels import kv_transfer as kt
+
+ENGINE_ENV = "SGLANG_AGENT_COPY_ENGINE"  # "agent" (default) or "upstream"
+
+
+@dataclass
+class TransferCounters:
+    offloaded_bytes: int = 0  # device -> host
+    reloaded_bytes: int = 0  # host -> device
+    offload_copies: int = 0
+    reload_copies: int = 0
+    engine: str = "none"  # the path the latest copy took: "triton" or "torch"
+
+
+COUNTERS = TransferCounters()
+_lock = threading.Lock()  # HiCache may copy from its own threads
+
+
+def engine_applies(host_pool, io_backend: str) -> bool:
+    return (
+        os.environ.get(ENGINE_ENV, "agent") == "agent"
+        and io_backend == "kernel"
+        and host_pool.layout == "layer_first"
+        and host_pool.head_dim == host_pool.v_head_dim
+        and all(b.is_contiguous() for b in (*host_pool.device_k_buffers, *host_pool.device_v_buffers))
+    )
+
+
+def _tables(host_pool) -> dict:
+    """Buffers and address tables, built once per pool (they never move)."""
+    cached = getattr(host_pool, "_agent_copy_tables", None)
+    if cached is None:
+        device_bufs = [*host_pool.device_k_buffers, *host_pool.device_v_buffers]
+        host_bufs = [*host_pool.k_data_refs, *host_pool.v_data_refs]
+        cached = {
+            "device": device_bufs,
+            "host": host_bufs,
+            "device_table": torch.cat([host_pool.device_k_data_ptrs, host_pool.device_v_data_ptrs]).view(torch.int64),
+            "host_table": torch.cat([host_pool.k_data_ptrs, host_pool.v_data_ptrs]).view(torch.int64),
+            "aligned": kt.all_aligned_16(device_bufs, host_bufs),
+            "layers": len(host_pool.device_k_buffers),
+        }
+        host_pool._agent_copy_tables = cached
+    return cached
+
+
+def _copy(src, src_idx, dst, dst_idx, src_table, dst_table, aligned) -> int:
+    if src_idx.numel() == 0:
+        return 0
+    if kt.triton_usable(src[0]) or kt.triton_usable(dst[0]):
+        device = src_table.device
+        kt.launch_copy_rows(src_table, src_idx.to(device, non_blocking=True), dst_table,
+                            dst_idx.to(device, non_blocking=True), kt.row_bytes(src[0]), aligned)
+        COUNTERS.engine = "triton"
+    else:
+        kt.torch_copy_rows(src, src_idx, dst, dst_idx, check_indices=False)
+        COUNTERS.engine = "torch"
+    return kt.row_bytes(src[0]) * src_idx.numel() * len(src)
+
+
+def backup_all_layers(host_pool, host_indices: torch.Tensor, device_indices: torch.Tensor) -> None:
+    """Device -> host for every layer (HiCache write-through / write-back, agent offload)."""
+    t = _tables(host_pool)
+    moved = _copy(t["device"], device_indices, t["host"], host_indices, t["device_table"], t["host_table"], t["aligned"])
+    with _lock:
+        COUNTERS.offloaded_bytes += moved
+        COUNTERS.offload_copies += 1
+
+
+def load_one_layer(host_pool, host_indices: torch.Tensor, device_indices: torch.Tensor, layer_id: int) -> None:
+    """Host -> device for one layer (HiCache loads layer by layer, overlapped with the forward)."""
+    t = _tables(host_pool)
+    layers = t["layers"]
+    pick = [layer_id, layers + layer_id]  # its K and its V
+    moved = _copy([t["host"][i] for i in pick], host_indices, [t["device"][i] for i in pick], device_indices,
+                  t["host_table"][pick], t["device_table"][pick], t["aligned"])
+    with _lock:
+        COUNTERS.reloaded_bytes += moved
+        COUNTERS.reload_copies += layer_id == 0

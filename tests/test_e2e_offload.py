@@ -1,0 +1,86 @@
+"""End to end on a real CPU SGLang server with the host tier (SGLang's HiCache, our Triton kernel
+as its copy engine under TRITON_INTERPRET=1): a session offloaded during a long tool call gets
+its prefix back from host memory, and generates exactly what a session whose prefix never left
+the GPU generates."""
+
+from __future__ import annotations
+
+import pytest
+import requests
+
+from server_fixture import RunningServer
+from test_e2e_server import generate, prompt, stats
+
+POOL_TOKENS = 2048
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    srv = RunningServer(
+        tmp_path_factory.mktemp("e2e-offload"),
+        ["--max-total-tokens", str(POOL_TOKENS), "--enable-hierarchical-cache", "--hicache-ratio", "4"],
+        env={"TRITON_INTERPRET": "1"},
+    )
+    yield srv
+    srv.stop()
+
+
+def post(server, path, body) -> dict:
+    r = requests.post(server.url + path, json=body, timeout=60)
+    assert r.status_code == 200, (path, r.status_code, r.text)
+    return r.json()
+
+
+def two_turns(server, session, between=lambda: None):
+    first = generate(server, prompt(1), {"session_id": session})
+    assert first.status_code == 200, first.text
+    first = first.json()
+    between()
+    second = generate(server, prompt(1) + first["text"] + " tool returned: ok", {"session_id": session})
+    assert second.status_code == 200, second.text
+    return first, second.json()
+
+
+def test_offloaded_session_resumes_from_host_with_identical_output(server):
+    assert stats(server)["host_tier"] == "hicache"
+    # Control: the prefix never leaves the GPU (no tool call, nothing else runs).
+    c1, c2 = two_turns(server, "control")
+    assert c2["meta_info"]["cached_tokens"] > 0
+    post(server, "/agent/session/close", {"session_id": "control"})
+    assert requests.post(server.url + "/flush_cache", timeout=60).status_code == 200
+
+    def long_tool_under_pressure():
+        start = post(server, "/agent/tool_start", {"session_id": "off", "tool_name": "test_suite", "expected_duration_s": 30})
+        assert start["action"] == "offload", start
+        during = stats(server)
+        assert during["gpu_tokens_freed"] > 0 and during["host_tokens"] > 0, during
+        filled = sum(generate(server, prompt(100 + i)).json()["meta_info"]["prompt_tokens"] for i in range(12))
+        assert filled > 1.5 * POOL_TOKENS  # the session's GPU slots would be long gone by LRU
+        post(server, "/agent/tool_end", {"session_id": "off"})  # early: reloads at once
+
+    o1, o2 = two_turns(server, "off", long_tool_under_pressure)
+    assert o1["text"] == c1["text"]
+    assert o2["meta_info"]["cached_tokens"] == c2["meta_info"]["cached_tokens"]
+    assert o2["text"] == c2["text"]  # the KV came back bit for bit
+    after = stats(server)
+    assert after["prefetch_hits"] == 1 and after["prefetch_misses"] == 0, after
+    assert after["prefetched_tokens"] > 0 and after["copy_engine_bytes_to_gpu"] > 0, after
+    assert after["copy_engine"] == "triton", after
+    assert after["resumed_turns_with_hit"] == 1 and after["sessions_offloaded"] == 0
+
+    post(server, "/agent/session/close", {"session_id": "off"})
+    closed = stats(server)
+    assert closed["host_tokens"] == 0 and closed["pinned_tokens"] == 0 and closed["sessions"] == 0
+
+
+def test_turn_arriving_before_the_reload_is_a_miss_and_still_hits_host(server):
+    first = generate(server, prompt(2), {"session_id": "early"}).json()
+    start = post(server, "/agent/tool_start", {"session_id": "early", "tool_name": "slow_tool", "expected_duration_s": 30})
+    assert start["action"] == "offload"
+    before = stats(server)
+    # No tool_end: the next turn itself says the tool returned, well before the prediction.
+    resumed = generate(server, prompt(2) + first["text"] + " done", {"session_id": "early"}).json()
+    after = stats(server)
+    assert after["prefetch_misses"] == before["prefetch_misses"] + 1
+    assert resumed["meta_info"]["cached_tokens"] >= first["meta_info"]["prompt_tokens"] - 8
+    post(server, "/agent/session/close", {"session_id": "early"})
