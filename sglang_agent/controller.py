@@ -41,6 +41,8 @@ class HostTier(Protocol):
     # The tool returned (tool_end), or the next turn arrived (turn_arrived): reload now.
     def prefetch_now(self, session_id: str, turn_arrived: bool = False) -> None: ...
     def forget(self, session_id: str) -> None: ...
+    # KVFlow: a workflow agent runs next; reload its host-only prefix now. Returns tokens queued.
+    def prefetch_prefix(self, session_id: str) -> int: ...
 
 
 @dataclass
@@ -193,6 +195,11 @@ class AgentController:
             if value is not None and (per_session[session_id] is None or value < per_session[session_id]):
                 per_session[session_id] = value
         self.cache.set_session_steps(per_session)
+        if self.host_tier is not None:
+            # The agents due now or next should find their prefixes on the GPU (KVFlow prefetch).
+            for session_id, value in per_session.items():
+                if value is not None and value <= 1:
+                    self.host_tier.prefetch_prefix(session_id)
         return steps
 
     def snapshot(self) -> dict:

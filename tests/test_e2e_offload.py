@@ -18,7 +18,8 @@ POOL_TOKENS = 2048
 def server(tmp_path_factory):
     srv = RunningServer(
         tmp_path_factory.mktemp("e2e-offload"),
-        ["--max-total-tokens", str(POOL_TOKENS), "--enable-hierarchical-cache", "--hicache-ratio", "4"],
+        ["--max-total-tokens", str(POOL_TOKENS), "--enable-hierarchical-cache", "--hicache-ratio", "4",
+         "--enable-metrics"],
         env={"TRITON_INTERPRET": "1"},
     )
     yield srv
@@ -84,3 +85,45 @@ def test_turn_arriving_before_the_reload_is_a_miss_and_still_hits_host(server):
     assert after["prefetch_misses"] == before["prefetch_misses"] + 1
     assert resumed["meta_info"]["cached_tokens"] >= first["meta_info"]["prompt_tokens"] - 8
     post(server, "/agent/session/close", {"session_id": "early"})
+
+
+def test_next_workflow_agent_prefix_is_prefetched_from_host(server):
+    """KVFlow prefetch: agent A's prefix is pushed to host by a big unrelated request; when the
+    step before A's next turn is reported, A's prefix is reloaded before A's request arrives."""
+    post(server, "/agent/workflow", {"workflow_id": "wf", "schedule": ["A", "B", "A"],
+                                     "agents": [{"agent_id": "A", "session_id": "wf-A"},
+                                                {"agent_id": "B", "session_id": "wf-B"}]})
+    a_prefix = "A " + prompt(3000, words=290)
+    first = generate(server, a_prefix, {"session_id": "wf-A", "workflow_step": {"workflow_id": "wf", "agent_id": "A"}})
+    assert first.status_code == 200, first.text
+    a_tokens = first.json()["meta_info"]["prompt_tokens"]
+    filler = generate(server, "F " + prompt(3001, words=640)).json()["meta_info"]["prompt_tokens"]
+    assert filler + a_tokens > POOL_TOKENS  # A's prefix had to leave the GPU
+    before = stats(server)["workflow_prefetched_tokens"]
+    post(server, "/agent/workflow/step", {"workflow_id": "wf", "agent_id": "B"})  # A runs next
+    prefetched = stats(server)["workflow_prefetched_tokens"] - before
+    assert prefetched > a_tokens // 2, prefetched
+    again = generate(server, a_prefix + " next", {"session_id": "wf-A", "workflow_step": {"workflow_id": "wf", "agent_id": "A"}})
+    assert again.status_code == 200, again.text
+    assert again.json()["meta_info"]["cached_tokens"] >= a_tokens - 8
+    post(server, "/agent/session/close", {"session_id": "wf-A"})
+
+
+def metric(server, name: str) -> float:
+    text = requests.get(server.url + "/metrics", timeout=30).text
+    values = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name + "{")]
+    assert values, f"{name} not in /metrics"
+    return sum(values)
+
+
+def test_agent_metrics_are_exported_with_sglangs(server):
+    """Runs after the tests above on the same server: their offloads, reloads and prefetches
+    show in SGLang's /metrics under sglang:agent_*, equal to /agent/stats."""
+    s = stats(server)
+    assert s["offloads"] >= 2
+    assert metric(server, "sglang:agent_offloads_total") == s["offloads"]
+    assert metric(server, "sglang:agent_host_reloaded_bytes_total") == s["copy_engine_bytes_to_gpu"] > 0
+    assert metric(server, "sglang:agent_prefetch_hits_total") == s["prefetch_hits"] >= 1
+    assert metric(server, "sglang:agent_prefetch_misses_total") == s["prefetch_misses"] >= 1
+    assert metric(server, "sglang:agent_sessions_offloaded") == s["sessions_offloaded"] == 0
+    assert metric(server, "sglang:num_running_reqs") == 0  # SGLang's own metrics are still there

@@ -50,6 +50,11 @@ class SimHostTier:
         now = self.clock()
         self.copies[session_id] = HostCopy(tokens, now + keep_s, now + prefetch_after_s)
 
+    def prefetch_prefix(self, session_id: str) -> int:
+        """KVFlow's next-agent prefetch is not modelled: the simulator's host tier holds only
+        copies offloaded at tool calls (workflow prefixes are pinned, kept or recomputed)."""
+        return 0
+
     def forget(self, session_id: str) -> None:
         self.copies.pop(session_id, None)
 

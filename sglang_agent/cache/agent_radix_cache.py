@@ -358,4 +358,9 @@ def agent_radix_cache_factory(ctx) -> AgentRadixCache:
 
         host_tier = HiCacheHostTier(cache, cache.clock, args.host_bandwidth_gbps)
     cache.agent_controller = AgentController(cache, args, cache.clock, host_tier=host_tier)
+    cache.agent_metrics = None
+    if getattr(ctx.server_args, "enable_metrics", False):
+        from sglang_agent.server import metrics
+
+        cache.agent_metrics = metrics.attach(cache, cache.agent_controller)
     return cache

@@ -36,6 +36,7 @@ class HostTierStats:
     prefetch_hits: int = 0  # the reload was queued before the next turn arrived
     prefetch_misses: int = 0  # the turn arrived first (reloaded then, or at its admission)
     offloads_expired: int = 0  # the tool never returned within the keep time
+    workflow_prefetched_tokens: int = 0  # next workflow agents' prefixes reloaded ahead (KVFlow)
     host_tokens: int = 0  # tokens the live offloads hold in host memory (gauge)
 
 
@@ -83,6 +84,13 @@ class HiCacheHostTier:
             return
         job.prefetch_at = min(job.prefetch_at, self.clock())
         self._run(session_id, job, self.clock())
+
+    def prefetch_prefix(self, session_id: str) -> int:
+        if session_id in self.jobs:
+            return 0  # in a tool call: its own offload job decides when it comes back
+        tokens = self.cache.prefetch_session(session_id)
+        self.stats.workflow_prefetched_tokens += tokens
+        return tokens
 
     def forget(self, session_id: str) -> None:
         self.jobs.pop(session_id, None)

@@ -55,6 +55,9 @@ def handle_hint(scheduler, req: AgentHintReqInput) -> AgentHintReqOutput | None:
         except Exception as e:  # an invariant break must not take the scheduler down
             logger.exception("agent hint %s failed", req.kind)
             status, body = 500, {"error": f"internal error: {type(e).__name__}: {e}", "status": 500}
+        metrics = getattr(scheduler.tree_cache, "agent_metrics", None)
+        if metrics is not None and status == 200:
+            metrics.push()
     from sglang.srt.runtime_context import get_parallel
 
     parallel = get_parallel()
