@@ -127,10 +127,17 @@ def all_aligned_16(*buffer_lists: Sequence[torch.Tensor]) -> bool:
     return all(b.data_ptr() % 16 == 0 for buffers in buffer_lists for b in buffers)
 
 
+# Words one program moves: enough in flight to cover PCIe latency, few enough (32 int64 per
+# thread at 4 warps) to stay in registers.
+TILE_WORDS = 4096
+
+
 def launch_copy_rows(src_table: torch.Tensor, src_slots: torch.Tensor, dst_table: torch.Tensor,
-                     dst_slots: torch.Tensor, row_nbytes: int, aligned_16: bool, block_slots: int = 64) -> None:
+                     dst_slots: torch.Tensor, row_nbytes: int, aligned_16: bool,
+                     block_slots: Optional[int] = None) -> None:
     """The raw launch: address tables (int64 or uint64, on the device that runs the kernel) and
-    slot lists already checked. One launch, grid (slot blocks, buffers)."""
+    slot lists already checked. One launch, grid (slot blocks, buffers); `block_slots` defaults
+    to a tile of ~TILE_WORDS words."""
     import triton
     import triton.language as tl
 
@@ -142,11 +149,14 @@ def launch_copy_rows(src_table: torch.Tensor, src_slots: torch.Tensor, dst_table
     word = _word_dtype(row_nbytes)
     row_words = row_nbytes // word.itemsize
     tl_word = {torch.int64: tl.int64, torch.int32: tl.int32, torch.int16: tl.int16, torch.int8: tl.int8}[word]
+    block_words = triton.next_power_of_2(row_words)
+    if block_slots is None:
+        block_slots = max(1, min(128, TILE_WORDS // block_words))
     grid = (triton.cdiv(n, block_slots), src_table.numel())
     kv_copy_rows_kernel[grid](
         src_table.view(torch.int64), src_slots, dst_table.view(torch.int64), dst_slots, n,
         WORD=tl_word, ROW_WORDS=row_words, BLOCK_SLOTS=block_slots,
-        BLOCK_WORDS=triton.next_power_of_2(row_words),
+        BLOCK_WORDS=block_words,
         ALIGNED_16=aligned_16 and row_nbytes % 16 == 0,
     )
 
@@ -154,7 +164,7 @@ def launch_copy_rows(src_table: torch.Tensor, src_slots: torch.Tensor, dst_table
 def copy_rows(src: Sequence[torch.Tensor], src_slots: torch.Tensor, dst: Sequence[torch.Tensor],
               dst_slots: torch.Tensor, *, src_table: Optional[torch.Tensor] = None,
               dst_table: Optional[torch.Tensor] = None, check_indices: bool = True,
-              block_slots: int = 64) -> None:
+              block_slots: Optional[int] = None) -> None:
     """dst[b][dst_slots[i]] = src[b][src_slots[i]]. Triton when the buffers are on CUDA (or under
     TRITON_INTERPRET=1), else the torch reference. Pass `src_table`/`dst_table` (address tables
     on the kernel's device) when a buffer is host memory a GPU reaches by another address."""
@@ -172,7 +182,7 @@ def _staging_rows(staging: torch.Tensor) -> list[torch.Tensor]:
     return [staging[b] for b in range(staging.shape[0])]
 
 
-def gather(buffers: Sequence[torch.Tensor], slots: torch.Tensor, out: torch.Tensor, block_slots: int = 64) -> torch.Tensor:
+def gather(buffers: Sequence[torch.Tensor], slots: torch.Tensor, out: torch.Tensor, block_slots: Optional[int] = None) -> torch.Tensor:
     """out[b, i] = buffers[b][slots[i]]; Triton on CUDA (or under TRITON_INTERPRET=1), else torch."""
     if not buffers or not triton_usable(buffers[0]):
         return torch_gather(buffers, slots, out)
@@ -184,7 +194,7 @@ def gather(buffers: Sequence[torch.Tensor], slots: torch.Tensor, out: torch.Tens
     return out
 
 
-def scatter(buffers: Sequence[torch.Tensor], slots: torch.Tensor, src: torch.Tensor, block_slots: int = 64) -> None:
+def scatter(buffers: Sequence[torch.Tensor], slots: torch.Tensor, src: torch.Tensor, block_slots: Optional[int] = None) -> None:
     """buffers[b][slots[i]] = src[b, i]; Triton on CUDA (or under TRITON_INTERPRET=1), else torch."""
     if not buffers or not triton_usable(buffers[0]):
         return torch_scatter(buffers, slots, src)
