@@ -48,13 +48,18 @@ def _tables(host_pool) -> dict:
     if cached is None:
         device_bufs = [*host_pool.device_k_buffers, *host_pool.device_v_buffers]
         host_bufs = [*host_pool.k_data_refs, *host_pool.v_data_refs]
+        device_table = torch.cat([host_pool.device_k_data_ptrs, host_pool.device_v_data_ptrs]).view(torch.int64)
+        host_table = torch.cat([host_pool.k_data_ptrs, host_pool.v_data_ptrs]).view(torch.int64)
+        layers = len(host_pool.device_k_buffers)
         cached = {
             "device": device_bufs,
             "host": host_bufs,
-            "device_table": torch.cat([host_pool.device_k_data_ptrs, host_pool.device_v_data_ptrs]).view(torch.int64),
-            "host_table": torch.cat([host_pool.k_data_ptrs, host_pool.v_data_ptrs]).view(torch.int64),
+            "device_table": device_table,
+            "host_table": host_table,
             "aligned": kt.all_aligned_16(device_bufs, host_bufs),
-            "layers": len(host_pool.device_k_buffers),
+            # per layer: its K and V, and their address tables (no indexing on the copy path)
+            "layer": [([layer, layers + layer], host_table[[layer, layers + layer]],
+                       device_table[[layer, layers + layer]]) for layer in range(layers)],
         }
         host_pool._agent_copy_tables = cached
     return cached
@@ -86,10 +91,9 @@ def backup_all_layers(host_pool, host_indices: torch.Tensor, device_indices: tor
 def load_one_layer(host_pool, host_indices: torch.Tensor, device_indices: torch.Tensor, layer_id: int) -> None:
     """Host -> device for one layer (HiCache loads layer by layer, overlapped with the forward)."""
     t = _tables(host_pool)
-    layers = t["layers"]
-    pick = [layer_id, layers + layer_id]  # its K and its V
+    pick, host_table, device_table = t["layer"][layer_id]
     moved = _copy([t["host"][i] for i in pick], host_indices, [t["device"][i] for i in pick], device_indices,
-                  t["host_table"][pick], t["device_table"][pick], t["aligned"])
+                  host_table, device_table, t["aligned"])
     with _lock:
         COUNTERS.reloaded_bytes += moved
         COUNTERS.reload_copies += layer_id == 0
