@@ -251,6 +251,17 @@ class AgentController:
         if session.pending_tool is not None and not session.running_rids:
             hint, session.pending_tool = session.pending_tool, None
             self._start_tool(session, hint)
+        elif not session.running_rids and session.tool is None:
+            self._end_finished_workflows(session.session_id)
+
+    def _end_finished_workflows(self, session_id: str) -> None:
+        """A turn of the last agent of a workflow finished with no tool call to follow: the
+        workflow is over and none of its prefixes is needed again by it."""
+        for (wf_id, agent_id), owner in list(self.agent_sessions.items()):
+            workflow = self.workflows[wf_id]
+            if owner == session_id and not workflow.ended and workflow.current == agent_id and workflow.at_last_step:
+                workflow.end()
+                self._push_steps(workflow)
 
     # ---- internals -----------------------------------------------------------------------
     def _session(self, session_id: str) -> AgentSession:

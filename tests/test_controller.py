@@ -203,3 +203,26 @@ def test_pin_is_released_once_the_resumed_turn_ends():
     clock.now = 1.0
     run_turn(cache, ctl, "a", "r2", list(range(30)) + [9], cached=30)  # last turn: no tool after
     assert ctl.snapshot()["pinned_tokens"] == 0
+
+
+def test_last_agents_finished_turn_ends_the_workflow_and_frees_its_rank():
+    """Regression: the last agent kept "runs now" (0 steps) forever once a workflow was over,
+    so finished workflows' prefixes outranked every live workflow's under KVFlow eviction."""
+    cache, clock, ctl = setup(pool=200)
+    three_agent_workflow(ctl)
+    prefixes = {"plan": range(0, 30), "code": range(100, 130), "test": range(200, 230)}
+    for agent in ctl.workflows["wf"].schedule:
+        ctl.workflow_step(WorkflowStep("wf", agent))
+        # Every turn but the last ends in a tool call (the result goes to the next agent).
+        last = ctl.workflows["wf"].at_last_step
+        run_turn(cache, ctl, f"s_{agent}", f"r_{agent}{clock()}", prefixes[agent],
+                 tool=None if last else ToolStart(f"s_{agent}", "handoff", 1.0))
+        clock.now += 1
+        if not last:
+            assert not ctl.workflows["wf"].ended
+            ctl.tool_end(f"s_{agent}")
+    assert ctl.workflows["wf"].ended
+    assert all(cache._live_node(cache._session_last_node[f"s_{a}"]).steps_to_execution is None for a in prefixes)
+    with pytest.raises(HintError) as e:
+        ctl.workflow_step(WorkflowStep("wf", "code"))
+    assert e.value.status == 409 and "ended" in e.value.reason

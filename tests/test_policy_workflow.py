@@ -71,3 +71,21 @@ def test_steps_must_follow_the_graph_and_failed_steps_change_nothing():
 def test_shared_prefix_takes_minimum():
     assert node_steps({"s_plan": 3, "s_code": 1}, {"s_plan", "s_code", "chat"}) == 1
     assert node_steps({"s_plan": 3}, {"chat"}) is None
+
+
+def test_a_workflow_ends_after_its_last_step():
+    chain = Workflow.from_graph("g", ["a", "b"], [("a", "b")], dag=True)
+    chain.advance("a")
+    assert not chain.at_last_step
+    chain.advance("b")
+    assert chain.at_last_step and chain.steps_to_execution() == {"a": None, "b": 0}
+    chain.end()
+    assert chain.steps_to_execution() == {"a": None, "b": None}
+    loop = Workflow.from_graph("l", ["p", "c"], [("p", "c"), ("c", "p")])
+    loop.advance("p")
+    loop.advance("c")
+    assert not loop.at_last_step  # a loop back to the planner never reaches a last step
+    sched = Workflow.from_schedule("s", ["x", "y"], ["x", "y"])
+    sched.advance("x")
+    sched.advance("y")
+    assert sched.at_last_step

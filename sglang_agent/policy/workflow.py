@@ -31,6 +31,8 @@ class Workflow:
     # Progress: the agent that ran last (graph mode) or the schedule index that ran last.
     current: Optional[str] = None
     position: int = -1
+    # The last step's turn has finished: no agent runs again (steps all None).
+    ended: bool = False
 
     @classmethod
     def from_graph(cls, workflow_id: str, agents: list[str], edges: list[tuple[str, str]], dag: bool = False) -> "Workflow":
@@ -61,6 +63,8 @@ class Workflow:
         """Raise WorkflowError unless `agent_id` may run next."""
         if agent_id not in self.agents:
             raise UnknownAgentError(f"unknown agent {agent_id!r} in workflow {self.workflow_id!r}")
+        if self.ended:
+            raise WorkflowError(f"workflow {self.workflow_id!r} has ended")
         if self.schedule:
             nxt = self.position + 1
             if nxt >= len(self.schedule):
@@ -78,8 +82,23 @@ class Workflow:
             self.position += 1
         self.current = agent_id
 
+    @property
+    def at_last_step(self) -> bool:
+        """The running agent is the last one: the schedule's last entry, or a graph agent with
+        no successor."""
+        if self.schedule:
+            return self.position == len(self.schedule) - 1
+        return self.current is not None and not self.edges[self.current]
+
+    def end(self) -> None:
+        """The last step's turn has finished. Without this the last agent would keep "runs now"
+        (0) forever and its prefix would outrank every live workflow's."""
+        self.ended = True
+
     def steps_to_execution(self) -> dict[str, Optional[int]]:
         """Steps until each agent runs next: 0 = the agent running now, None = never again."""
+        if self.ended:
+            return {a: None for a in self.agents}
         if self.schedule:
             return self._schedule_steps()
         return self._graph_steps()
