@@ -209,7 +209,9 @@ def test_simulator_and_server_make_the_same_cache_decisions(server):
     programs = [fold_token_ids(p, VOCAB_SIZE - 8) for p in coding_agent_programs(
         2, seed=7, system_tokens=200, turns_median=3, output_median=6, observation_median=40, tool_median_s=0.2)]
     for i, p in enumerate(programs):
-        p.arrival_s = 30.0 * i  # one program at a time: no load, so the TTL price is deterministic
+        # One program at a time (5 s apart at time_scale 0.05, room for a slow CI machine): no
+        # load, so the TTL price is deterministic.
+        p.arrival_s = 100.0 * i
     requests.post(server.url + "/flush_cache", timeout=60)
     served = asyncio.run(replay(server.url, programs, time_scale=0.05, hints=True))
     spec = PolicySpec("continuum", retention="ttl", order="program_fcfs", declare_durations=True)
