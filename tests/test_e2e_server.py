@@ -131,9 +131,9 @@ def test_declared_workflow_keeps_the_next_agents_prefix(server):
     kvflow = run_three_agents(server, "kvflow", workflow_id="abc")
     assert lru[3] < 16, lru  # LRU evicted A, the oldest, to fit C
     assert kvflow[3] > 700, kvflow  # with the graph, B (never needed again) went instead
-    # A step that contradicts the schedule is refused and changes nothing.
+    # The last step's turn has finished: the workflow has ended, and a further step is refused.
     wrong = requests.post(server.url + "/agent/workflow/step", json={"workflow_id": "abc", "agent_id": "B"}, timeout=30)
-    assert wrong.status_code == 409 and "finished" in wrong.json()["error"]
+    assert wrong.status_code == 409 and "ended" in wrong.json()["error"]
 
 
 def test_openai_client_extra_body_and_session_close(server):
