@@ -125,6 +125,20 @@ class AgentController:
         self.rid_to_session[rid] = hint.session_id
         return {"session_id": hint.session_id, "rid": rid, "program_arrival": session.program_arrival}
 
+    def unbind(self, rid: str) -> dict:
+        """A bound request was refused before it ran (SGLang answered it with an error): forget
+        it, and the session too if this request created it. Idempotent."""
+        session_id = self.rid_to_session.pop(rid, None)
+        session = self.sessions.get(session_id) if session_id is not None else None
+        if session is None:
+            return {"rid": rid, "unbound": False}
+        session.running_rids.discard(rid)
+        if not session.running_rids:
+            session.pending_tool = None  # the refused turn never ended in its tool call
+            if session.turns == 0 and session.tool is None:
+                self.close(session_id)
+        return {"rid": rid, "unbound": True, "session_id": session_id}
+
     def tool_start(self, hint: ToolStart) -> dict:
         session = self._session(hint.session_id)
         if session.tool is not None:

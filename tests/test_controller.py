@@ -226,3 +226,15 @@ def test_last_agents_finished_turn_ends_the_workflow_and_frees_its_rank():
     with pytest.raises(HintError) as e:
         ctl.workflow_step(WorkflowStep("wf", "code"))
     assert e.value.status == 409 and "ended" in e.value.reason
+
+
+def test_unbind_forgets_a_refused_request_and_the_session_it_created():
+    cache, clock, ctl = setup()
+    ctl.bind("r-new", InlineAgentHint("fresh", ToolStart("fresh", "bash", 1.0)))
+    assert ctl.unbind("r-new")["unbound"] and "fresh" not in ctl.sessions and "r-new" not in ctl.rid_to_session
+    run_turn(cache, ctl, "old", "r1", range(40))
+    ctl.bind("r2", InlineAgentHint("old", ToolStart("old", "bash", 1.0)))
+    ctl.unbind("r2")
+    assert ctl.sessions["old"].running_rids == set() and ctl.sessions["old"].pending_tool is None
+    assert ctl.tool_start(ToolStart("old", "bash", 1.0)).get("deferred") is None  # not waiting on r2
+    assert ctl.unbind("r2") == {"rid": "r2", "unbound": False}  # idempotent

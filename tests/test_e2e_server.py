@@ -247,3 +247,22 @@ def test_profile_costs_script_writes_a_usable_profile(server, tmp_path):
     profile = load_profile(str(out))
     assert profile.prefill_mfu > 0 and profile.decode_bw_efficiency > 0
     assert profile.prefill_s(1000) > 0 and profile.decode_step_s(4, 1000) > 0
+
+
+def test_refused_request_leaves_no_bound_turn_behind(server):
+    """SGLang refuses a request (too long, bad sampling params) after the hint bound it: the
+    session must not wait for that turn forever, and a session it created must not linger."""
+    before = stats(server)["sessions"]
+    too_long = requests.post(server.url + "/generate", timeout=60, json={
+        "input_ids": [5] * 5000, "sampling_params": {"max_new_tokens": 4}, "agent": {"session_id": "refused-new"}})
+    assert too_long.status_code == 400, too_long.text
+    assert stats(server)["sessions"] == before  # the session it created is gone again
+
+    assert generate(server, prompt(21), {"session_id": "refused-old"}).status_code == 200
+    bad = generate(server, prompt(21) + " again", {"session_id": "refused-old"}, max_new_tokens=4,
+                   sampling_params={"max_new_tokens": 4, "temperature": -3})
+    assert bad.status_code == 400, bad.text
+    start = requests.post(server.url + "/agent/tool_start", timeout=30,
+                          json={"session_id": "refused-old", "tool_name": "bash", "expected_duration_s": 3})
+    assert start.status_code == 200 and not start.json().get("deferred"), start.text  # not waiting on the refused turn
+    requests.post(server.url + "/agent/session/close", json={"session_id": "refused-old"}, timeout=30)

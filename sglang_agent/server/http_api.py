@@ -101,7 +101,7 @@ class InlineHintMiddleware:
             chunks.append(message.get("body", b""))
             more = message.get("more_body", False)
         raw = b"".join(chunks)
-        forwarded = raw
+        forwarded, bound_rid = raw, None
         try:
             payload = json.loads(raw) if raw else None
         except (json.JSONDecodeError, UnicodeDecodeError):
@@ -116,7 +116,7 @@ class InlineHintMiddleware:
             status, answer = await send_hint("bind", hint_body, rid=rid)
             if status != 200:
                 return await JSONResponse(answer, status_code=status)(scope, receive, send)
-            payload["rid"] = rid
+            payload["rid"] = bound_rid = rid
             forwarded = json.dumps(payload).encode()
 
         sent = False
@@ -128,6 +128,20 @@ class InlineHintMiddleware:
                 return {"type": "http.request", "body": forwarded, "more_body": False}
             return await receive()
 
+        rejected = False
+
+        async def watch(message):
+            # A bound request that SGLang refuses (too long, bad sampling params...) never
+            # reaches the scheduler's tree: unbind it, or its session would wait for it forever.
+            nonlocal rejected
+            if message["type"] == "http.response.start" and message["status"] >= 400:
+                rejected = True
+            await send(message)
+
         headers = [(k, v) for k, v in scope["headers"] if k != b"content-length"]
         headers.append((b"content-length", str(len(forwarded)).encode()))
-        await self.app({**scope, "headers": headers}, replay, send)
+        try:
+            await self.app({**scope, "headers": headers}, replay, watch if bound_rid else send)
+        finally:
+            if rejected and bound_rid:
+                await send_hint("unbind", {}, rid=bound_rid)

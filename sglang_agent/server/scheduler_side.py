@@ -18,6 +18,10 @@ def apply_hint(controller: AgentController, kind: str, body: dict, rid: str | No
         if not rid:
             raise hints.HintError(400, "bind needs a request id")
         return controller.bind(rid, hints.parse_inline(body))
+    if kind == "unbind":
+        if not rid:
+            raise hints.HintError(400, "unbind needs a request id")
+        return controller.unbind(rid)
     if kind == "tool_start":
         return controller.tool_start(hints.parse_tool_start(body))
     if kind == "tool_end":
