@@ -120,3 +120,16 @@ def test_offload_reloads_a_long_tool_callers_context_from_host():
     assert resumed.cached_tokens == 102
     # No recompute: prefill of the 11 new tokens only; the prefetch finished before the return.
     assert resumed.first_token_s - resumed.arrival_s == pytest.approx(0.011, abs=1e-6)
+
+
+def test_hicache_reloads_an_evicted_context_from_host_instead_of_recomputing():
+    # The pressure trace: LRU evicts A's 102-token context to admit C. With HiCache the context
+    # was written to host at the end of A's first turn, so A's resumed turn reloads those 102
+    # tokens (0.0102 s at the linear cost's host bandwidth) and prefills only its 11 new ones.
+    lru = {p.program_id: p for p in simulate(pressure_trace(), LinearCost(), POLICIES["sglang-lru"], pool_tokens=300).programs}
+    hc = {p.program_id: p for p in simulate(pressure_trace(), LinearCost(), POLICIES["sglang-hicache"], pool_tokens=300).programs}
+    assert lru["A"].turns[1].cached_tokens == 0
+    resumed = hc["A"].turns[1]
+    assert resumed.cached_tokens == 102
+    assert hc["A"].jct_s < lru["A"].jct_s
+    assert hc["C"].turns[0].admitted_s == pytest.approx(lru["C"].turns[0].admitted_s)  # nobody waits for it

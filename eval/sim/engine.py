@@ -23,6 +23,7 @@ from sglang.srt.mem_cache.base_prefix_cache import EvictParams, InsertParams, Ma
 from sglang.srt.mem_cache.radix_cache import RadixKey
 
 from eval.sim.cost_model import CostModel
+from eval.sim.hicache import SimHiCache
 from eval.sim.host_tier import SimHostTier
 from eval.sim.policies import PolicySpec, infercept_preserve
 from eval.traces.format import Program
@@ -117,6 +118,7 @@ class Simulator:
         self.infercept_pins: set[str] = set()
         self.controller = None
         self.host = SimHostTier(policy.host_pool_tokens, cost, lambda: self.now) if policy.offload else None
+        self.hicache = SimHiCache(policy.host_pool_tokens) if policy.hicache else None
         if policy.retention == "ttl" or policy.workflow:
             # A fixed TTL: no memory price, so the declared duration is always taken as the TTL.
             defaults = AgentServerArgs()
@@ -203,6 +205,11 @@ class Simulator:
             copy = self.host.peek(session) if self.host is not None else None
             if copy is not None and min(copy.tokens, len(req.key)) > cached:
                 reload = min(copy.tokens, len(req.key)) - cached  # comes back from host, not recomputed
+            hicache_reload = 0
+            if self.hicache is not None and reload == 0:
+                # Never the whole prompt: the last token is always computed (as upstream).
+                hicache_reload = max(0, min(self.hicache.match(req.key), len(req.key) - 1) - cached)
+                reload = hicache_reload
             new_tokens = len(req.key) - cached - reload
             if admitted and new_tokens > budget:
                 break  # the prefill budget is spent for this iteration
@@ -221,7 +228,10 @@ class Simulator:
             self.waiting.pop(0)
             req.node, req.lock, req.gpu_cached = node, lock, cached
             req.slots = self.allocator.alloc(need)
-            if reload:
+            if hicache_reload:
+                req.reload_wait_s = self.cost.reload_s(hicache_reload)
+                self.hicache.reloaded_tokens += hicache_reload
+            elif reload:
                 req.reload_wait_s = self.host.take(session, cached + reload)
             req.record.cached_tokens = cached + reload
             req.record.admitted_s = self.now
@@ -248,6 +258,8 @@ class Simulator:
             if used < len(req.slots):
                 self.allocator.free(req.slots[used:])
             result = self.cache.insert(InsertParams(key=RadixKey(kv_key), value=value, prev_prefix_len=cached))
+            if self.hicache is not None:
+                self.hicache.write(kv_key)
             self.cache.unlock(req.lock)
             last_node = result.last_device_node
         else:

@@ -2,6 +2,8 @@
 
 - vllm: no prefix reuse across requests; a turn's KV is freed when it finishes (evict-on-finish).
 - sglang-lru: upstream SGLang: radix prefix cache, LRU eviction, request-level FCFS.
+- sglang-hicache: the same with HiCache (--enable-hierarchical-cache): a prefix evicted from
+  the GPU is reloaded from host memory instead of recomputed (eval/sim/hicache.py).
 - infercept: InferCept-style (Abhyankar et al., ICML 2024) per-request choice at each tool call
   between preserving the KV on GPU and discarding it, whichever wastes less GPU memory-time;
   swapping to host is not modelled (no host tier yet).
@@ -11,7 +13,8 @@
   FCFS; pins hold the KV (hard) until the TTL, so newcomers wait for them.
 - continuum-soft: the same, with soft pins that only reorder eviction.
 - ours: continuum + TokenCake-style offload to a modelled host tier during long tool calls
-  (policy/temporal.py) + the declared step graph when the trace has one.
+  (policy/temporal.py) + the declared step graph when the trace has one, on top of HiCache
+  (the server's host tier is SGLang's HiCache, so every prefix also has a host copy).
 - kvflow (workflow programs): KVFlow (arXiv 2507.07400) steps-to-execution eviction from the
   declared schedule alone.
 """
@@ -33,24 +36,27 @@ class PolicySpec:
     declare_durations: bool = False  # the client states each tool's duration in tool_start
     workflow: bool = False  # workflow programs declare their step schedule (KVFlow eviction)
     offload: bool = False  # TokenCake-style host tier during long tool calls
+    hicache: bool = False  # SGLang HiCache: write-through host copy of every cached prefix
     host_pool_tokens: int = 4_000_000  # ~512 GB of host memory at Llama-3.1-8B's 128 KiB/token
 
 
 POLICIES: dict[str, PolicySpec] = {
     "vllm": PolicySpec("vllm", prefix_reuse=False),
     "sglang-lru": PolicySpec("sglang-lru"),
+    "sglang-hicache": PolicySpec("sglang-hicache", hicache=True),
     "infercept": PolicySpec("infercept", retention="infercept"),  # preserve = held until return
     "autellix": PolicySpec("autellix", order="plas"),
     "continuum": PolicySpec("continuum", retention="ttl", order="program_fcfs"),
     "continuum-soft": PolicySpec("continuum-soft", retention="ttl", order="program_fcfs", pin_mode="soft"),
-    "ours": PolicySpec("ours", retention="ttl", order="program_fcfs", offload=True, workflow=True),
+    "ours": PolicySpec("ours", retention="ttl", order="program_fcfs", offload=True, workflow=True, hicache=True),
 }
 # Multi-agent workflows: KVFlow's steps-to-execution eviction alone and with TTL pins.
 WORKFLOW_POLICIES: dict[str, PolicySpec] = {
     "sglang-lru": POLICIES["sglang-lru"],
+    "sglang-hicache": POLICIES["sglang-hicache"],
     "kvflow": PolicySpec("kvflow", workflow=True),
     "continuum": POLICIES["continuum"],
-    "ours": PolicySpec("ours", retention="ttl", order="program_fcfs", workflow=True, offload=True),
+    "ours": POLICIES["ours"],
 }
 
 

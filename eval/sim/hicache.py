@@ -1,0 +1,47 @@
+"""SGLang's HiCache (write-through host tier) in the simulator: every prefix the GPU tree caches
+is also written to host memory, and a request whose prefix left the GPU but is still in host
+memory reloads it (bytes / PCIe bandwidth) instead of recomputing it. The host side is its own
+radix tree over a host-sized pool with LRU eviction, as upstream's host pool is. The write-back
+copies overlap compute (free here); a reload is charged before the batch's prefill (no
+layer-wise overlap: slightly pessimistic, for this baseline and for our offload misses alike)."""
+
+from __future__ import annotations
+
+from array import array
+
+import torch
+from sglang.srt.mem_cache.base_prefix_cache import EvictParams, InsertParams, MatchPrefixParams
+from sglang.srt.mem_cache.radix_cache import RadixKey
+from sglang.srt.mem_cache.unified_radix_cache import UnifiedRadixCache
+
+from sglang_agent.cache.cpu_pools import cpu_cache_params
+
+
+class SimHiCache:
+    def __init__(self, host_pool_tokens: int):
+        self.tree = UnifiedRadixCache(cpu_cache_params(host_pool_tokens, tree_core_backend="python"))
+        self.allocator = self.tree.token_to_kv_pool_allocator
+        self.reloaded_tokens = 0
+
+    def match(self, key: array) -> int:
+        """Tokens of `key`'s prefix that host memory holds (refreshes their recency)."""
+        return self.tree.match_prefix(MatchPrefixParams(key=RadixKey(key))).device_prefix_len
+
+    def write(self, key: array) -> None:
+        """Write-through of a finished turn's cached prefix."""
+        match = self.tree.match_prefix(MatchPrefixParams(key=RadixKey(key)))
+        have = match.device_prefix_len
+        new = len(key) - have
+        if new <= 0:
+            return
+        lock = self.tree.lock(match.last_device_node) if have else None  # not evicted under us
+        short = new - self.allocator.available_size()
+        if short > 0:
+            self.tree.evict(EvictParams(num_tokens=short))
+        if self.allocator.available_size() < new:
+            self.tree.unlock(lock)
+            return  # host memory full of locked paths: this turn is not written
+        prefix = self.tree.path_device_indices(match.last_device_node)[:have] if have else torch.empty(0, dtype=torch.int64)
+        value = torch.cat([prefix.to(torch.int64), self.allocator.alloc(new).to(torch.int64)])
+        self.tree.insert(InsertParams(key=RadixKey(key), value=value, prev_prefix_len=have))
+        self.tree.unlock(lock)
