@@ -51,7 +51,7 @@ class AgentServerArgs:
     @staticmethod
     def add_cli_args(parser: argparse.ArgumentParser) -> None:
         d = AgentServerArgs()
-        group = parser.add_argument_group("sglang-agent (KV TTL pins for agent tool calls)")
+        group = parser.add_argument_group("sglang-agent (KV pins and host offload for agent tool calls)")
         group.add_argument("--agent-max-pinned-fraction", type=float, default=d.max_pinned_fraction,
                            help="Cap on TTL-pinned tokens as a fraction of the KV pool (default %(default)s).")
         group.add_argument("--agent-max-ttl-s", type=float, default=d.max_ttl_s,

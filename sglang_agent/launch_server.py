@@ -21,9 +21,10 @@ from sglang_agent.config import ENV_VAR, AgentServerArgs
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m sglang_agent.launch_server",
-        description="SGLang server with agent-aware KV caching (TTL pins across tool calls) "
-        "and the /agent/* hint API. Unknown options are passed to sglang.launch_server; "
-        "run `python -m sglang.launch_server --help` for those.",
+        description="SGLang server with agent-aware KV caching (TTL pins across tool calls; with "
+        "--enable-hierarchical-cache, offload to host during long tool calls and workflow "
+        "prefetch) and the /agent/* hint API. Unknown options are passed to "
+        "sglang.launch_server; run `python -m sglang.launch_server --help` for those.",
         add_help=True,
     )
     AgentServerArgs.add_cli_args(parser)
