@@ -8,6 +8,7 @@ same object."""
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, Optional, Protocol
 
@@ -21,6 +22,9 @@ from sglang_agent.server.hints import HintError, InlineAgentHint, ToolStart, Wor
 
 if TYPE_CHECKING:
     from sglang_agent.cache.agent_radix_cache import AgentRadixCache
+
+
+MAX_ENDED_WORKFLOWS_REMEMBERED = 4096
 
 
 @dataclass(frozen=True)
@@ -100,6 +104,10 @@ class AgentController:
         self.workflows: dict[str, Workflow] = {}
         # (workflow id, agent id) -> session whose cached turns are that agent's prefix
         self.agent_sessions: dict[tuple[str, str], str] = {}
+        # session -> the (workflow id, agent id) roles it serves (the reverse of agent_sessions)
+        self.session_roles: dict[str, set[tuple[str, str]]] = {}
+        # Ids of ended workflows (forgotten, bounded): a later step gets 409 "ended", not 404.
+        self.ended_workflows: OrderedDict[str, None] = OrderedDict()
         self.stats = AgentStats()
         cache.turn_listeners.append(self.on_turn_finished)
 
@@ -180,12 +188,17 @@ class AgentController:
         except WorkflowError as e:
             raise HintError(400, f"workflow: {e}") from None
         self.workflows[definition.workflow_id] = workflow
+        self.ended_workflows.pop(definition.workflow_id, None)
         for agent in definition.agents:
-            self.agent_sessions[(definition.workflow_id, agent.agent_id)] = agent.session_id
+            role = (definition.workflow_id, agent.agent_id)
+            self.agent_sessions[role] = agent.session_id
+            self.session_roles.setdefault(agent.session_id, set()).add(role)
         return {"workflow_id": definition.workflow_id, "steps_to_execution": self._push_steps(workflow)}
 
     def workflow_step(self, step: WorkflowStep) -> dict:
         workflow = self.workflows.get(step.workflow_id)
+        if workflow is None and step.workflow_id in self.ended_workflows:
+            raise HintError(409, f"workflow {step.workflow_id!r} has ended")
         if workflow is None:
             raise HintError(404, f"unknown workflow {step.workflow_id!r}: declare it with POST /agent/workflow")
         try:
@@ -200,14 +213,12 @@ class AgentController:
         """Give the cache the new steps of this workflow's agent sessions; a session that serves
         in several workflows is needed as soon as the soonest of them needs it."""
         steps = workflow.steps_to_execution()
-        sessions = {self.agent_sessions[(workflow.workflow_id, a)] for a in workflow.agents}
-        per_session: dict[str, Optional[int]] = {s: None for s in sessions}
-        for (wf_id, agent_id), session_id in self.agent_sessions.items():
-            if session_id not in sessions:
-                continue
-            value = steps[agent_id] if wf_id == workflow.workflow_id else self.workflows[wf_id].steps_to_execution()[agent_id]
-            if value is not None and (per_session[session_id] is None or value < per_session[session_id]):
-                per_session[session_id] = value
+        per_session: dict[str, Optional[int]] = {}
+        for agent in workflow.agents:
+            session_id = self.agent_sessions[(workflow.workflow_id, agent)]
+            values = [steps[a] if wf == workflow.workflow_id else self.workflows[wf].steps_to_execution()[a]
+                      for wf, a in self.session_roles[session_id]]
+            per_session[session_id] = min((v for v in values if v is not None), default=None)
         self.cache.set_session_steps(per_session)
         if self.host_tier is not None:
             # The agents due now or next should find their prefixes on the GPU (KVFlow prefetch).
@@ -271,11 +282,26 @@ class AgentController:
     def _end_finished_workflows(self, session_id: str) -> None:
         """A turn of the last agent of a workflow finished with no tool call to follow: the
         workflow is over and none of its prefixes is needed again by it."""
-        for (wf_id, agent_id), owner in list(self.agent_sessions.items()):
+        for wf_id, agent_id in list(self.session_roles.get(session_id, ())):
             workflow = self.workflows[wf_id]
-            if owner == session_id and not workflow.ended and workflow.current == agent_id and workflow.at_last_step:
+            if workflow.current == agent_id and workflow.at_last_step:
                 workflow.end()
                 self._push_steps(workflow)
+                self._forget_workflow(workflow)
+
+    def _forget_workflow(self, workflow: Workflow) -> None:
+        """An ended workflow leaves no state behind but its id (for a clear 409)."""
+        del self.workflows[workflow.workflow_id]
+        for agent in workflow.agents:
+            role = (workflow.workflow_id, agent)
+            session_id = self.agent_sessions.pop(role)
+            roles = self.session_roles[session_id]
+            roles.discard(role)
+            if not roles:
+                del self.session_roles[session_id]
+        self.ended_workflows[workflow.workflow_id] = None
+        while len(self.ended_workflows) > MAX_ENDED_WORKFLOWS_REMEMBERED:
+            self.ended_workflows.popitem(last=False)
 
     # ---- internals -----------------------------------------------------------------------
     def _session(self, session_id: str) -> AgentSession:

@@ -221,7 +221,8 @@ def test_last_agents_finished_turn_ends_the_workflow_and_frees_its_rank():
         if not last:
             assert not ctl.workflows["wf"].ended
             ctl.tool_end(f"s_{agent}")
-    assert ctl.workflows["wf"].ended
+    assert "wf" not in ctl.workflows and not ctl.agent_sessions and not ctl.session_roles  # nothing left behind
+    assert ctl.snapshot()["workflows"] == 0
     assert all(cache._live_node(cache._session_last_node[f"s_{a}"]).steps_to_execution is None for a in prefixes)
     with pytest.raises(HintError) as e:
         ctl.workflow_step(WorkflowStep("wf", "code"))
@@ -238,3 +239,21 @@ def test_unbind_forgets_a_refused_request_and_the_session_it_created():
     assert ctl.sessions["old"].running_rids == set() and ctl.sessions["old"].pending_tool is None
     assert ctl.tool_start(ToolStart("old", "bash", 1.0)).get("deferred") is None  # not waiting on r2
     assert ctl.unbind("r2") == {"rid": "r2", "unbound": False}  # idempotent
+
+
+def test_a_session_in_two_workflows_is_needed_as_soon_as_either_needs_it():
+    cache, clock, ctl = setup()
+    run_turn(cache, ctl, "shared", "r0", range(30))
+    ctl.declare_workflow(WorkflowDef("w1", (WorkflowAgent("a", "w1-a"), WorkflowAgent("tool", "shared")),
+                                     schedule=("a", "a", "a", "tool")))
+    node = cache._live_node(cache._session_last_node["shared"])
+    assert node.steps_to_execution == 3
+    ctl.declare_workflow(WorkflowDef("w2", (WorkflowAgent("b", "w2-b"), WorkflowAgent("tool", "shared")),
+                                     schedule=("b", "tool")))
+    assert node.steps_to_execution == 1  # w2 needs it sooner
+    ctl.workflow_step(WorkflowStep("w1", "a"))  # w1's distance changes; w2's 1 still wins
+    assert node.steps_to_execution == 1
+    ctl.workflow_step(WorkflowStep("w2", "b"))
+    assert node.steps_to_execution == 1  # now w2: 1 step away (tool is next)
+    ctl.workflow_step(WorkflowStep("w2", "tool"))
+    assert node.steps_to_execution == 0
