@@ -153,3 +153,14 @@ def test_next_workflow_agent_prefix_is_reloaded_unless_its_session_is_in_a_tool_
     assert tier.stats.workflow_prefetched_tokens == 700
     tier.offload("coder", 500, keep_s=60, prefetch_after_s=10)
     assert tier.prefetch_prefix("coder") == 0 and cache.calls[-1] == ("offload", "coder")
+
+
+def test_a_prefetch_that_found_no_room_on_the_gpu_is_a_miss():
+    tier, cache, clock = make()
+    tier.offload("a", 500, keep_s=60, prefetch_after_s=1)
+    cache.prefetch_session = lambda session_id: 0  # load_back refused: the GPU is full
+    clock.now += 2
+    step(cache)
+    assert tier.jobs["a"].prefetched
+    tier.prefetch_now("a", turn_arrived=True)
+    assert tier.stats.prefetch_hits == 0 and tier.stats.prefetch_misses == 1

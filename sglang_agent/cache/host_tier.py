@@ -76,7 +76,7 @@ class HiCacheHostTier:
             # The turn is here: its KV is on the GPU already (a hit) or is reloaded now, before
             # the request reaches admission (a miss: the tool came back before the prediction).
             del self.jobs[session_id]
-            if job.prefetched:
+            if job.prefetched and self.cache.session_host_tokens(session_id) == 0:
                 self.stats.prefetch_hits += 1
             else:
                 self.stats.prefetch_misses += 1
