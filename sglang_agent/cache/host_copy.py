@@ -34,12 +34,21 @@ _lock = threading.Lock()  # HiCache may copy from its own threads
 
 def engine_applies(host_pool, io_backend: str) -> bool:
     return (
-        os.environ.get(ENGINE_ENV, "agent") == "agent"
-        and io_backend == "kernel"
+        io_backend == "kernel"
         and host_pool.layout == "layer_first"
-        and host_pool.head_dim == host_pool.v_head_dim
-        and all(b.is_contiguous() for b in (*host_pool.device_k_buffers, *host_pool.device_v_buffers))
+        and os.environ.get(ENGINE_ENV, "agent") == "agent"
+        and _eligible(host_pool)
     )
+
+
+def _eligible(host_pool) -> bool:
+    """Rows our kernel can move: K and V rows of one size, packed device buffers (once per pool)."""
+    eligible = getattr(host_pool, "_agent_copy_eligible", None)
+    if eligible is None:
+        eligible = host_pool.head_dim == host_pool.v_head_dim and all(
+            b.is_contiguous() for b in (*host_pool.device_k_buffers, *host_pool.device_v_buffers))
+        host_pool._agent_copy_eligible = eligible
+    return eligible
 
 
 def _tables(host_pool) -> dict:
