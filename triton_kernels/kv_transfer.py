@@ -172,6 +172,10 @@ def copy_rows(src: Sequence[torch.Tensor], src_slots: torch.Tensor, dst: Sequenc
     on_gpu = src_slots.device
     if not (triton_usable(src[0]) or triton_usable(dst[0])):
         return torch_copy_rows(src, src_slots, dst, dst_slots, check_indices=False)
+    for side, bufs, table in (("source", src, src_table), ("destination", dst, dst_table)):
+        if table is None and not bufs[0].is_cuda and on_gpu.type == "cuda" and not bufs[0].is_pinned():
+            raise ValueError(f"{side} buffers are pageable host memory, which a GPU kernel cannot reach: "
+                             "allocate them with pin_memory=True (or pass their device-accessible address table)")
     src_table = address_table(src, on_gpu) if src_table is None else src_table
     dst_table = address_table(dst, on_gpu) if dst_table is None else dst_table
     launch_copy_rows(src_table, src_slots, dst_table, dst_slots.to(on_gpu), row_bytes(src[0]),
