@@ -59,6 +59,8 @@ async def _generate(http: aiohttp.ClientSession, url: str, body: dict) -> tuple[
                 continue
             first = first if first is not None else time.perf_counter() - started
             final = json.loads(line[5:])
+    if not final or "meta_info" not in final:
+        raise RuntimeError(f"/generate failed inside its stream: {final}")
     return first or 0.0, final
 
 
