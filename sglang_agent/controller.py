@@ -55,7 +55,6 @@ class ToolCall:
     started_at: float
     expected_duration_s: Optional[float]
     ttl_s: float = 0.0
-    offloaded: bool = False
 
 
 @dataclass
@@ -125,7 +124,7 @@ class AgentController:
         else:
             if session.tool is not None:
                 # The next turn arriving is the tool's return, stated or not.
-                self._finish_tool(session, now, turn_arrived=True)
+                self._finish_tool(session, now)
             if self.host_tier is not None:
                 self.host_tier.prefetch_now(hint.session_id, turn_arrived=True)
         session.running_rids.add(rid)
@@ -161,7 +160,10 @@ class AgentController:
         session = self._session(session_id)
         if session.tool is None:
             raise HintError(409, f"session {session_id!r} has no tool call in progress (tool_end without tool_start)")
-        return self._finish_tool(session, self.clock())
+        answer = self._finish_tool(session, self.clock())
+        if self.host_tier is not None:
+            self.host_tier.prefetch_now(session_id)  # an early return reloads an offloaded session at once
+        return answer
 
     def close(self, session_id: str) -> dict:
         session = self._session(session_id)
@@ -335,7 +337,6 @@ class AgentController:
             placement = decide_placement(samples, cost, decision, self.host_tier.has_room(path_tokens), self.args.max_ttl_s)
             if placement.action == OFFLOAD:
                 self.host_tier.offload(session.session_id, path_tokens, placement.ttl_s, placement.prefetch_after_s)
-                tool.offloaded = True
                 self.stats.offloads += 1
                 self.stats.offloaded_tokens += path_tokens
                 return {**body, "action": OFFLOAD, "offloaded_tokens": path_tokens,
@@ -377,7 +378,7 @@ class AgentController:
         samples = self.durations.samples(hint.tool_name, hint.expected_duration_s)
         return choose_ttl(samples, cost, rate, self.args.max_ttl_s), samples, cost, path_tokens
 
-    def _finish_tool(self, session: AgentSession, now: float, turn_arrived: bool = False) -> dict:
+    def _finish_tool(self, session: AgentSession, now: float) -> dict:
         tool = session.tool
         assert tool is not None
         duration = now - tool.started_at
@@ -385,8 +386,6 @@ class AgentController:
         lost = tool.ttl_s > 0 and duration > tool.ttl_s
         self.stats.pins_expired_before_tool_end += lost
         session.tool = None
-        if tool.offloaded and self.host_tier is not None and not turn_arrived:
-            self.host_tier.prefetch_now(session.session_id)  # an early return reloads at once
         # Keep the pin a short grace so the next turn finds its prefix; it never outlives the TTL.
         remaining = 0.0
         if tool.ttl_s > 0 and not lost:
