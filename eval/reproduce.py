@@ -5,7 +5,7 @@
     python -m eval.reproduce --all --quick         # small sizes, for a smoke run
 
 Figures (PNG) and their data (CSV) go to eval/results/. Workloads: BFCL v4 multi-turn programs
-(real, ../shared/traces), synthetic coding-agent programs and synthetic multi-agent workflows
+(real, from the bfcl-eval package), synthetic coding-agent programs and synthetic multi-agent workflows
 (eval/traces/synthetic.py), on the Llama-3.1-8B / H100 cost profile unless --profile says otherwise. Every policy runs on
 the same AgentRadixCache and AgentController code as the server.
 """

@@ -24,7 +24,6 @@ import argparse
 import asyncio
 import csv
 import statistics
-import sys
 import tempfile
 from dataclasses import asdict
 from pathlib import Path
@@ -32,8 +31,9 @@ from pathlib import Path
 from eval.replay import ReplayResult, fold_token_ids, replay
 from eval.traces.bfcl import load_bfcl
 from eval.traces.format import with_poisson_arrivals
+from sglang_agent.local_server import CPU_SERVER_ARGS, LocalServer
+from sglang_agent.tiny_model import VOCAB_SIZE, write_tiny_llama
 
-TESTS = Path(__file__).resolve().parent.parent / "tests"
 CONFIGS = {
     "sglang-lru": ("sglang.launch_server", [], False),
     "sglang-hicache": ("sglang_agent.launch_server", ["--enable-hierarchical-cache", "--hicache-ratio", "4"], False),
@@ -63,14 +63,15 @@ def summarize(name: str, result: ReplayResult) -> dict:
 
 
 def run_config(name: str, programs, pool_tokens: int, time_scale: float, workdir: Path) -> tuple[dict, ReplayResult]:
-    sys.path.insert(0, str(TESTS))
-    from server_fixture import RunningServer
-
     module, extra, hints = CONFIGS[name]
     # BFCL contexts reach ~7k tokens: past the tiny model's 4096 positions, so raise them.
     longer = ["--json-model-override-args", '{"max_position_embeddings": 16384}']
-    server = RunningServer(workdir / name, ["--max-total-tokens", str(pool_tokens), *longer, *extra], module=module)
+    workdir.mkdir(parents=True, exist_ok=True)
+    server = LocalServer(write_tiny_llama(workdir / "tiny-llama"),
+                         [*CPU_SERVER_ARGS, "--max-total-tokens", str(pool_tokens), *longer, *extra],
+                         workdir / "server.log", module=module)
     try:
+        server.wait_healthy()
         result = asyncio.run(replay(server.url, programs, time_scale, hints=hints, timeout_s=3600))
     finally:
         server.stop()
@@ -91,9 +92,6 @@ def main(argv: list[str] | None = None) -> list[dict]:
     unknown = sorted(set(names) - set(CONFIGS))
     if unknown:
         p.error(f"unknown configs {unknown}; choose from {sorted(CONFIGS)}")
-    sys.path.insert(0, str(TESTS))
-    from tiny_model import VOCAB_SIZE
-
     programs = [fold_token_ids(prog, VOCAB_SIZE - 8) for prog in load_bfcl("base", limit=args.limit, seed=args.seed)]
     programs = with_poisson_arrivals(programs, args.rate, args.seed)
     rows, turns = [], {}

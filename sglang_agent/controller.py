@@ -66,6 +66,7 @@ class AgentSession:
     pending_tool: Optional[ToolStart] = None  # declared inline; starts when the turn ends
     resuming: bool = False  # the next turn follows a tool call
     turns: int = 0
+    last_prompt_tokens: int = 0  # prompt length of the latest finished turn
 
 
 @dataclass
@@ -262,13 +263,17 @@ class AgentController:
             return
         session.running_rids.discard(req.rid)
         session.turns += 1
+        prompt_tokens = len(req.origin_input_ids)
         if session.resuming:
             session.resuming = False
             self.stats.resumed_turns += 1
             cached = int(getattr(req, "cached_tokens", 0) or 0)
             self.stats.resumed_cached_tokens += cached
-            self.stats.resumed_prompt_tokens += len(req.origin_input_ids)
-            self.stats.resumed_turns_with_hit += cached > 0
+            self.stats.resumed_prompt_tokens += prompt_tokens
+            # A hit: the previous turn's prompt was still cached (all but the token where the
+            # new turn's text joins it, which re-tokenizes).
+            self.stats.resumed_turns_with_hit += cached >= session.last_prompt_tokens - 1
+        session.last_prompt_tokens = prompt_tokens
         # The resumed turn has consumed its pin (its prefix was locked while it ran): release it
         # now, so a finished program never holds memory until its TTL runs out.
         self.cache.unpin_session(session.session_id)

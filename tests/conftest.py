@@ -1,5 +1,5 @@
 import os
 import sys
 
-# Test helpers (cpu_cache, tiny_model) live beside the tests.
+# Test helpers (server_fixture, ...) live beside the tests.
 sys.path.insert(0, os.path.dirname(__file__))

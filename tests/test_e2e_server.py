@@ -204,7 +204,7 @@ def test_simulator_and_server_make_the_same_cache_decisions(server):
     from eval.sim.engine import simulate
     from eval.sim.policies import PolicySpec
     from eval.traces.synthetic import coding_agent_programs
-    from tiny_model import VOCAB_SIZE
+    from sglang_agent.tiny_model import VOCAB_SIZE
 
     programs = [fold_token_ids(p, VOCAB_SIZE - 8) for p in coding_agent_programs(
         2, seed=7, system_tokens=200, turns_median=3, output_median=6, observation_median=40, tool_median_s=0.2)]
@@ -236,7 +236,7 @@ def test_profile_costs_script_writes_a_usable_profile(server, tmp_path):
     import sys
 
     from eval.sim.cost_model import load_profile
-    from tiny_model import VOCAB_SIZE
+    from sglang_agent.tiny_model import VOCAB_SIZE
 
     out = tmp_path / "tiny-cpu-measured.json"
     run = subprocess.run([sys.executable, "scripts/profile_costs.py", "--url", server.url, "--base-profile",

@@ -1,8 +1,9 @@
 import json
+from pathlib import Path
 
 import pytest
 
-from eval.traces.bfcl import load_bfcl
+from eval.traces.bfcl import CATEGORIES, load_bfcl
 from eval.traces.format import Program, TraceFormatError, Turn, load_programs, save_programs, with_poisson_arrivals
 from eval.traces.synthetic import coding_agent_programs
 
@@ -59,3 +60,29 @@ def test_poisson_arrivals_increase():
     programs = with_poisson_arrivals(coding_agent_programs(10), rate_per_s=2.0, seed=0)
     arrivals = [p.arrival_s for p in programs]
     assert arrivals == sorted(arrivals) and arrivals[0] > 0
+
+
+def test_bfcl_package_gives_the_same_programs_as_the_reference_copy():
+    """The 800 programs read from the bfcl-eval package equal those the loader built from the
+    reference copy before it moved to the package (frozen in tests/data: id, turn count, token
+    totals per program). Failed before the move with FileNotFoundError on a bare clone."""
+    frozen = json.loads((Path(__file__).parent / "data" / "bfcl_v4_multi_turn_programs.json").read_text())
+    loaded = [[p.program_id, len(p.turns), p.total_tokens, len(p.system_tokens)]
+              for category in CATEGORIES for p in load_bfcl(category)]
+    assert len(loaded) == 800
+    assert loaded == frozen["rows"]
+
+
+def test_bfcl_traces_dir_option_reads_a_copy(tmp_path):
+    """`data_dir` (--traces DIR) reads a user's copy with the package's layout."""
+    import shutil
+
+    from eval.traces.bfcl import package_data_dir
+
+    src = Path(str(package_data_dir()))
+    for name in ("BFCL_v4_multi_turn_base.json", "possible_answer", "multi_turn_func_doc"):
+        (shutil.copytree if (src / name).is_dir() else shutil.copy)(src / name, tmp_path / name)
+    assert [p.total_tokens for p in load_bfcl("base", data_dir=tmp_path, limit=5)] == \
+        [p.total_tokens for p in load_bfcl("base", limit=5)]
+    with pytest.raises(FileNotFoundError, match="bfcl_eval/data"):
+        load_bfcl("base", data_dir=tmp_path / "missing")

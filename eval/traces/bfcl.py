@@ -1,4 +1,10 @@
-"""BFCL v4 multi-turn programs (../shared/traces/bfcl_v4_multi_turn) as agent programs.
+"""BFCL v4 multi-turn programs as agent programs.
+
+The data comes from the PyPI package `bfcl-eval` (Apache 2.0; installed with --no-deps by
+scripts/setup.sh, since none of its dependencies is needed to read it), loaded with
+importlib.resources from `bfcl_eval/data/`. `data_dir` (`--traces DIR`) points at a copy of
+that folder instead (same layout: `BFCL_v4_multi_turn_*.json`, `possible_answer/`,
+`multi_turn_func_doc/`).
 
 Per program: the system prompt holds the JSON schemas of its involved tool classes (what a
 real agent puts there; shared by every program with the same classes). Each user turn with k
@@ -18,19 +24,19 @@ What BFCL does not have is drawn, and said here:
 
 from __future__ import annotations
 
+import importlib.resources
 import json
-import os
 import random
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Union
 
 from eval.traces.format import Program, TraceFormatError, Turn
 from eval.traces.sampling import lognormal
 from eval.traces.tokenizer import encode
 
-# The project's shared/ folder lies beside the repo (CI and developers); override with the env.
-SHARED_DIR = Path(os.environ.get("SGLANG_AGENT_SHARED_DIR", Path(__file__).resolve().parents[2].parent / "shared"))
-DEFAULT_DIR = SHARED_DIR / "traces" / "bfcl_v4_multi_turn"
+BFCL_PACKAGE = "bfcl_eval"
+BFCL_VERSION = "2026.3.23"  # pinned in scripts/setup.sh; test_traces.py freezes its programs
+FUNC_DOC_DIR = "multi_turn_func_doc"
 CLASS_DOCS = {
     "GorillaFileSystem": "gorilla_file_system", "VehicleControlAPI": "vehicle_control",
     "TradingBot": "trading_bot", "TravelAPI": "travel_booking", "MessageAPI": "message_api",
@@ -50,9 +56,19 @@ def _filler(rnd: random.Random, median_tokens: float) -> str:
     return " ".join(rnd.choice(_FILLER) for _ in range(n))
 
 
-def _read_jsonl(path: Path) -> list[dict]:
+def package_data_dir():
+    """`bfcl_eval/data` inside the installed package (a Traversable)."""
+    try:
+        return importlib.resources.files(BFCL_PACKAGE) / "data"
+    except ModuleNotFoundError:
+        raise FileNotFoundError(
+            f"BFCL traces come from the PyPI package bfcl-eval: pip install --no-deps bfcl-eval=={BFCL_VERSION} "
+            "(bash scripts/setup.sh does), or pass a copy of its data folder") from None
+
+
+def _read_jsonl(path) -> list[dict]:
     rows = []
-    with open(path) as f:
+    with path.open() as f:
         for line_no, line in enumerate(f, 1):
             if line.strip():
                 try:
@@ -64,19 +80,19 @@ def _read_jsonl(path: Path) -> list[dict]:
 
 def load_bfcl(
     category: str = "base",
-    data_dir: Path = DEFAULT_DIR,
+    data_dir: Optional[Union[str, Path]] = None,
     limit: Optional[int] = None,
     tool_median_s: float = 1.0,
     seed: int = 0,
 ) -> list[Program]:
     if category not in CATEGORIES:
         raise ValueError(f"unknown BFCL category {category!r}; one of {CATEGORIES}")
+    data_dir = package_data_dir() if data_dir is None else Path(data_dir)
     if not data_dir.is_dir():
-        raise FileNotFoundError(f"BFCL traces not found at {data_dir}: the project's shared/ folder belongs "
-                                "beside the repo, or set SGLANG_AGENT_SHARED_DIR")
+        raise FileNotFoundError(f"BFCL traces not found at {data_dir}: give the bfcl_eval/data folder of bfcl-eval")
     rows = _read_jsonl(data_dir / f"BFCL_v4_multi_turn_{category}.json")[:limit]
     answers = {r["id"]: r["ground_truth"] for r in _read_jsonl(data_dir / "possible_answer" / f"BFCL_v4_multi_turn_{category}.json")}
-    docs = {cls: _read_jsonl(data_dir / "func_doc" / f"{stem}.json") for cls, stem in CLASS_DOCS.items()}
+    docs = {cls: _read_jsonl(data_dir / FUNC_DOC_DIR / f"{stem}.json") for cls, stem in CLASS_DOCS.items()}
     result_median = 1000 if category == "long_context" else 40
     programs = []
     for row in rows:

@@ -24,7 +24,7 @@ COUNTERS = {
     "workflow_prefetched_tokens": ("sglang:agent_workflow_prefetched_tokens",
                                    "Tokens of next workflow agents' prefixes reloaded from host ahead of time."),
     "resumed_turns": ("sglang:agent_resumed_turns", "Agent turns that followed a tool call."),
-    "resumed_turns_with_hit": ("sglang:agent_resumed_turns_with_hit", "Resumed turns that found a cached prefix."),
+    "resumed_turns_with_hit": ("sglang:agent_resumed_turns_with_hit", "Resumed turns that found the previous turn's prompt cached."),
     "resumed_cached_tokens": ("sglang:agent_resumed_cached_tokens", "Cached prompt tokens of resumed turns."),
 }
 GAUGES = {
