@@ -61,7 +61,7 @@ def run_once(kind: str, keys: list, pool: int, pin_every: int) -> dict[str, floa
         # A realistic share of sessions pinned across a tool call: the eviction key reads them.
         for i, result in enumerate(results[::pin_every]):
             cache.record_turn(f"s{i}", result.last_device_node)
-            cache.pin_session(f"s{i}", ttl_deadline=time.perf_counter() + 3600)
+            cache.pin(f"s{i}", ttl_deadline=3600.0)
     t2 = time.perf_counter()
     for k in keys:
         cache.match_prefix(MatchPrefixParams(key=RadixKey(k)))

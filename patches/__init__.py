@@ -6,8 +6,9 @@ checks the SGLang version it was written for and fails loudly on another.
 
 What always happens on load: `--radix-cache-backend agent` and the tree-core backend become
 available, and the hint messages are registered for SGLang's IPC. The hooks that change server
-behaviour (hint routes, scheduler dispatch, program-level FCFS, hard-pin release, the HiCache
-copy engine and its CPU host pool) are applied only when the
+behaviour (hint routes and channel, scheduler dispatch, the step clock, request exits, pins giving
+way for decode and admission, program-level FCFS, DP hint routing, the HiCache copy engine and its
+CPU host pool) are applied only when the
 server was started through `python -m sglang_agent.launch_server` (env SGLANG_AGENT_ENABLE=1).
 """
 
@@ -29,7 +30,7 @@ def enabled() -> bool:
 def load() -> None:
     """The SGLang plugin entry point."""
     check_sglang_version()
-    from sglang_agent.cache import register_backend
+    from sglang_agent.backend import register_backend
     from sglang_agent.patches import ipc_types
 
     register_backend()
@@ -37,16 +38,21 @@ def load() -> None:
     if not enabled():
         return
     from sglang_agent.patches import (
+        dp_hint_routing,
         hicache_copy_engine,
         host_pool_cpu,
         http_server_routes,
         schedule_policy_fcfs,
+        scheduler_decode_room,
         scheduler_dispatch,
         scheduler_pin_release,
+        scheduler_request_exit,
+        scheduler_step_tick,
         tokenizer_communicator,
     )
 
-    hooks = (scheduler_dispatch, tokenizer_communicator, schedule_policy_fcfs, scheduler_pin_release,
+    hooks = (scheduler_dispatch, scheduler_step_tick, scheduler_request_exit, scheduler_decode_room,
+             scheduler_pin_release, schedule_policy_fcfs, tokenizer_communicator, dp_hint_routing,
              http_server_routes, host_pool_cpu, hicache_copy_engine)
     for hook in hooks:
         hook.register()

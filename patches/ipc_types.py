@@ -8,6 +8,6 @@ def apply() -> None:
     check_sglang_version()
     from sglang.srt.managers import io_struct
 
-    from sglang_agent.server.messages import AgentHintReqInput, AgentHintReqOutput
+    from sglang_agent.server.messages import AgentHintReqInput, AgentHintReqOutput, AgentStepTick
 
-    io_struct.hook_custom_types(AgentHintReqInput, AgentHintReqOutput)
+    io_struct.hook_custom_types(AgentHintReqInput, AgentHintReqOutput, AgentStepTick)

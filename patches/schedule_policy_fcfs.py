@@ -13,14 +13,13 @@ def _after_calc_priority(result, policy, waiting_queue, *args, **kwargs):
 
     from sglang_agent.policy.program_fcfs import program_fcfs_key
 
-    controller = getattr(policy.tree_cache, "agent_controller", None)
-    if controller is None or not controller.args.program_fcfs or policy.policy != CacheAgnosticPolicy.FCFS:
+    backend = getattr(policy.tree_cache, "agent_backend", None)
+    if backend is None or not backend.controller.args.program_fcfs or policy.policy != CacheAgnosticPolicy.FCFS:
         return result
     if policy.enable_priority_scheduling:
         return result  # explicit request priorities win; the upstream sort already ran
-    waiting_queue.sort(
-        key=lambda req: program_fcfs_key(req.time_stats.wait_queue_entry_time, controller.program_arrival(req.rid))
-    )
+    arrivals = {req.rid: backend.program_arrival(req.rid) for req in waiting_queue}
+    waiting_queue.sort(key=lambda req: program_fcfs_key(req.time_stats.wait_queue_entry_time, arrivals[req.rid]))
     return result
 
 

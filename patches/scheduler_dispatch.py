@@ -1,27 +1,48 @@
-"""Hook: Scheduler.init_request_dispatcher (AFTER) — route AgentHintReqInput to the agent
-controller that lives beside the scheduler's tree cache."""
+"""Hook: Scheduler.init_request_dispatcher (AFTER) — route AgentHintReqInput to the agent backend
+beside the scheduler's tree cache (answered with AgentHintReqOutput by TP rank 0 of each DP rank)
+and give the controller the scheduler's load."""
+
+import json
 
 from sglang.srt.plugins.hook_registry import HookRegistry, HookType
 
+from sglang_agent.patches import _backend
 from sglang_agent.patches._version import check_sglang_version
 
 TARGET = "sglang.srt.managers.scheduler.Scheduler.init_request_dispatcher"
 
 
 def _after_init_request_dispatcher(result, scheduler, *args, **kwargs):
-    from sglang.utils import TypeBasedDispatcher
-
+    from sglang_agent import upstream
     from sglang_agent.server.messages import AgentHintReqInput
-    from sglang_agent.server.scheduler_side import handle_hint, scheduler_load_probe
+    from sglang_agent.server.scheduler_side import scheduler_load_probe
 
-    controller = getattr(scheduler.tree_cache, "agent_controller", None)
-    if controller is not None:
-        controller.load_probe = scheduler_load_probe(scheduler)
-
-    scheduler._request_dispatcher += TypeBasedDispatcher(
-        [(AgentHintReqInput, lambda req: handle_hint(scheduler, req))]
-    )
+    backend = _backend.of_scheduler(scheduler)
+    if backend is not None:
+        backend.controller.load_probe = scheduler_load_probe(scheduler)
+        _backend.PROCESS["backend"] = backend
+    upstream.add_scheduler_handler(scheduler, AgentHintReqInput, lambda req: _handle_hint(backend, req))
     return result
+
+
+def _handle_hint(backend, req):
+    from sglang.srt.runtime_context import get_parallel
+
+    from sglang_agent.server.messages import AgentHintReqOutput
+
+    if backend is None:
+        status, body = 400, {"error": "agent hints need --radix-cache-backend agent", "status": 400}
+    else:
+        try:
+            body = json.loads(req.body_json)
+        except json.JSONDecodeError as e:
+            status, body = 400, {"error": f"malformed JSON: {e}", "status": 400}
+        else:
+            status, body = backend.handle_hint(req.kind, body, req.rid)
+    parallel = get_parallel()
+    if parallel.pp_rank != 0 or parallel.tp_rank != 0 or parallel.attn_cp_rank != 0:
+        return None  # one answer per DP rank: the TP ranks applied the same hint identically
+    return AgentHintReqOutput(rid=req.rid, status=status, body_json=json.dumps(body), hint_id=req.hint_id)
 
 
 def register() -> None:

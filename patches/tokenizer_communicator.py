@@ -1,5 +1,5 @@
-"""Hook: TokenizerManager.init_communicators (AFTER) — add `agent_hint_communicator`, SGLang's
-own FanOutCommunicator, so the HTTP process can await the scheduler's answer to a hint."""
+"""Hook: TokenizerManager.init_communicators (AFTER) — add `agent_hint_channel`, the HTTP process's
+end of the hint channel (many hints in flight, answers matched by id; server/http_api.py)."""
 
 from sglang.srt.plugins.hook_registry import HookRegistry, HookType
 
@@ -9,15 +9,11 @@ TARGET = "sglang.srt.managers.tokenizer_manager.TokenizerManager.init_communicat
 
 
 def _after_init_communicators(result, tokenizer_manager, *args, **kwargs):
-    from sglang.srt.managers.communicator import FanOutCommunicator
     from sglang.srt.runtime_context import get_parallel
-    from sglang.utils import TypeBasedDispatcher
 
-    from sglang_agent.server.messages import AgentHintReqOutput
+    from sglang_agent.server.http_api import HintChannel
 
-    communicator = FanOutCommunicator(tokenizer_manager._dispatch_to_scheduler, get_parallel().num_dp_ranks)
-    tokenizer_manager.agent_hint_communicator = communicator
-    tokenizer_manager._result_dispatcher += TypeBasedDispatcher([(AgentHintReqOutput, communicator.handle_recv)])
+    tokenizer_manager.agent_hint_channel = HintChannel(tokenizer_manager, get_parallel().num_dp_ranks)
     return result
 
 

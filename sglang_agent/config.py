@@ -32,17 +32,33 @@ class AgentServerArgs:
     # Host<->GPU copy bandwidth that prices a reload from the host tier. 25 GB/s is a
     # conservative PCIe 5.0 x16 figure; measure yours with `python -m eval.bench_kv_transfer`.
     host_bandwidth_gbps: float = 25.0
+    # Offload a session in a tool call only under memory pressure: requests waiting, or this
+    # share of the KV pool neither free nor evictable (TokenCake: offload what the GPU needs).
+    offload_watermark: float = 0.8
+    # How long an offloaded session's host copy is kept past the tool's start at most.
+    max_host_keep_s: float = 600.0
+    # A session with no request and nothing held for this long is forgotten (bounded state).
+    session_idle_s: float = 300.0
+    # HiCache's host<->GPU copy engine: upstream's kernels, or our Triton kernel (cache/host_copy.py).
+    # "auto": upstream's where they run (CUDA), ours without CUDA (upstream's have no CPU build).
+    copy_engine: str = "auto"
 
     def __post_init__(self):
         if not 0.0 <= self.max_pinned_fraction <= 1.0:
             raise ValueError(f"--agent-max-pinned-fraction must be in [0, 1], got {self.max_pinned_fraction}")
-        for name in ("max_ttl_s", "resume_grace_s", "memory_cost_scale"):
+        for name in ("max_ttl_s", "resume_grace_s", "memory_cost_scale", "max_host_keep_s"):
             if getattr(self, name) < 0:
                 raise ValueError(f"--agent-{name.replace('_', '-')} must be >= 0")
         if self.prefill_tokens_per_s <= 0:
             raise ValueError("--agent-prefill-tokens-per-s must be > 0")
         if self.host_bandwidth_gbps <= 0:
             raise ValueError("--agent-host-bandwidth-gbps must be > 0")
+        if not 0.0 < self.offload_watermark <= 1.0:
+            raise ValueError(f"--agent-offload-watermark must be in (0, 1], got {self.offload_watermark}")
+        if self.session_idle_s <= 0:
+            raise ValueError("--agent-session-idle-s must be > 0")
+        if self.copy_engine not in ("auto", "upstream", "triton"):
+            raise ValueError(f"--agent-copy-engine must be auto, upstream or triton, got {self.copy_engine!r}")
         if self.pin_mode not in ("soft", "hard"):
             raise ValueError(f"--agent-pin-mode must be soft or hard, got {self.pin_mode!r}")
         if not self.tool_prior_s or any(d < 0 for d in self.tool_prior_s):
@@ -72,6 +88,21 @@ class AgentServerArgs:
                            help="Host<->GPU copy bandwidth (GB/s) used to price a reload from the host tier "
                                 "when deciding to offload a session during a tool call (needs "
                                 "--enable-hierarchical-cache; default %(default)s).")
+        group.add_argument("--agent-offload-watermark", type=float, default=d.offload_watermark,
+                           help="With a host tier, a session in a tool call is offloaded only under memory "
+                                "pressure: requests waiting, or this share of the KV pool neither free nor "
+                                "evictable (default %(default)s).")
+        group.add_argument("--agent-max-host-keep-s", type=float, default=d.max_host_keep_s,
+                           help="Longest an offloaded session's host copy is kept for its tool call, seconds "
+                                "(default %(default)s; the reload is timed from the predicted return).")
+        group.add_argument("--agent-session-idle-s", type=float, default=d.session_idle_s,
+                           help="Forget a session (explicit or implicit) with no request and nothing held for "
+                                "this long; it starts anew if it comes back (default %(default)s s).")
+        group.add_argument("--agent-copy-engine", choices=["auto", "upstream", "triton"], default=d.copy_engine,
+                           help="HiCache's host<->GPU copy engine: upstream's kernels, or our batched Triton "
+                                "kernel (one launch for all layers; adds --hicache-io-backend kernel "
+                                "--hicache-mem-layout layer_first unless named). auto (default): upstream's on "
+                                "a GPU, ours without CUDA, where upstream's have no build.")
         group.add_argument("--agent-disable-program-fcfs", action="store_true",
                            help="Order resumed turns by their own arrival (upstream FCFS).")
 
@@ -91,7 +122,18 @@ class AgentServerArgs:
             program_fcfs=not args.agent_disable_program_fcfs,
             pin_mode=args.agent_pin_mode,
             host_bandwidth_gbps=args.agent_host_bandwidth_gbps,
+            offload_watermark=args.agent_offload_watermark,
+            max_host_keep_s=args.agent_max_host_keep_s,
+            session_idle_s=args.agent_session_idle_s,
+            copy_engine=args.agent_copy_engine,
         )
+
+    def resolved_copy_engine(self) -> str:
+        if self.copy_engine != "auto":
+            return self.copy_engine
+        import torch
+
+        return "upstream" if torch.cuda.is_available() else "triton"
 
     def to_env(self) -> str:
         return json.dumps(dataclasses.asdict(self))

@@ -4,7 +4,8 @@
 
 The --agent-* options are ours (see --help); everything else goes to SGLang unchanged.
 `--radix-cache-backend agent` is added unless another backend is named. With
-`--enable-hierarchical-cache` (the host tier that offload during tool calls uses),
+`--enable-hierarchical-cache` (the host tier that offload during tool calls uses) and our copy
+engine (`--agent-copy-engine triton`, the automatic choice without CUDA),
 `--hicache-io-backend kernel --hicache-mem-layout layer_first` are added unless named, so that
 our Triton kernel is HiCache's copy engine (patches/hicache_copy_engine.py)."""
 
@@ -35,9 +36,9 @@ def _named(args: list[str], flag: str) -> bool:
     return any(a == flag or a.startswith(flag + "=") for a in args)
 
 
-def _defaults(args: list[str]) -> list[tuple[str, str]]:
+def _defaults(args: list[str], copy_engine: str) -> list[tuple[str, str]]:
     added = [] if _named(args, "--radix-cache-backend") else [("--radix-cache-backend", "agent")]
-    if "--enable-hierarchical-cache" in args:
+    if "--enable-hierarchical-cache" in args and copy_engine == "triton":
         added += [(flag, value) for flag, value in (("--hicache-io-backend", "kernel"), ("--hicache-mem-layout", "layer_first"))
                   if not _named(args, flag)]
     return added
@@ -53,9 +54,13 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(str(e))
     if not any(ep.name == "sglang_agent" for ep in entry_points(group="sglang.srt.plugins")):
         parser.error("the sglang_agent plugin is not installed: run `pip install -e .` (or bash scripts/setup.sh)")
+    from sglang_agent.cache.host_copy import ENGINE_ENV
+
+    engine = agent_args.resolved_copy_engine()
     os.environ["SGLANG_AGENT_ENABLE"] = "1"
     os.environ[ENV_VAR] = agent_args.to_env()
-    for flag, value in _defaults(rest):
+    os.environ[ENGINE_ENV] = engine
+    for flag, value in _defaults(rest, engine):
         rest += [flag, value]
 
     from sglang.launch_server import run_server

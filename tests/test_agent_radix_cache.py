@@ -14,6 +14,8 @@ from sglang.srt.mem_cache.unified_radix_cache import UnifiedRadixCache
 from sglang_agent.cache.cpu_pools import cpu_cache_params
 from sglang_agent.cache.agent_radix_cache import AgentRadixCache
 from sglang_agent.cache.node import AgentTreeNode
+from sglang_agent.config import AgentServerArgs
+from sglang_agent.controller import AgentController
 
 POOL = 48
 
@@ -67,7 +69,7 @@ def test_pinned_session_survives_eviction_pressure_and_unpinned_goes_first():
     cache, clock = make_cache(100)
     pinned = insert(cache, range(30))
     cache.record_turn("agent", pinned.last_device_node)
-    assert cache.pin_session("agent", ttl_deadline=10.0) == 30
+    assert cache.pin("agent", ttl_deadline=10.0) == 30
     insert(cache, range(100, 130))
     insert(cache, range(200, 240))
     cache.evict(EvictParams(num_tokens=40))  # needs every unpinned token first
@@ -81,7 +83,7 @@ def test_pins_yield_to_admission_closest_expiry_first():
     for session, base, deadline in (("late", 0, 50.0), ("soon", 100, 20.0)):
         result = insert(cache, range(base, base + 30))
         cache.record_turn(session, result.last_device_node)
-        cache.pin_session(session, deadline)
+        cache.pin(session, deadline)
     # Nothing unpinned is left: a new request takes the pin that expires first.
     assert insert(cache, range(500, 510)) is not None
     assert match(cache, range(100, 130)).device_prefix_len < 30
@@ -92,9 +94,10 @@ def test_expired_pin_is_plain_lru():
     cache, clock = make_cache(100)
     old = insert(cache, range(30))
     cache.record_turn("agent", old.last_device_node)
-    cache.pin_session("agent", ttl_deadline=5.0)
+    cache.pin("agent", ttl_deadline=5.0)
     insert(cache, range(100, 130))
     clock.now = 6.0
+    assert cache.expire_pins(clock.now) == ["agent"]  # the step clock's tick lets it go
     assert cache.pinned_tokens() == 0
     cache.evict(EvictParams(num_tokens=30))
     # LRU again: the older (formerly pinned) prefix goes first.
@@ -106,12 +109,12 @@ def test_split_keeps_pin_on_both_halves():
     cache, clock = make_cache(100)
     first = insert(cache, range(20))
     cache.record_turn("agent", first.last_device_node)
-    cache.pin_session("agent", 10.0)
+    cache.pin("agent", 10.0)
     insert(cache, list(range(10)) + [99] * 10)  # splits the pinned node at 10
     assert cache.pinned_tokens() == 20
     insert(cache, range(300, 360))  # pool pressure: 60 unpinned tokens to place
     assert match(cache, range(20)).device_prefix_len == 20
-    cache.unpin_session("agent")
+    cache.unpin("agent")
     assert cache.pinned_tokens() == 0
     assert all(not n.pin_deadlines for n in all_nodes(cache))
 
@@ -120,10 +123,10 @@ def test_close_session_releases_pins_and_ownership():
     cache, clock = make_cache(100)
     turn = insert(cache, range(25))
     cache.record_turn("agent", turn.last_device_node)
-    cache.pin_session("agent", 10.0)
-    cache.close_agent_session("agent")
+    cache.pin("agent", 10.0)
+    cache.forget_session("agent")
     assert cache.pinned_tokens() == 0
-    assert all(not n.session_ids and not n.pin_deadlines for n in all_nodes(cache))
+    assert all(not n.step_sessions and not n.pin_deadlines for n in all_nodes(cache))
 
 
 def test_no_hints_evicts_exactly_like_upstream_lru():
@@ -159,6 +162,7 @@ class AgentCacheMachine(RuleBasedStateMachine):
     def __init__(self):
         super().__init__()
         self.cache, self.clock = make_cache(pin_mode=self.pin_mode)
+        self.controller = AgentController(self.cache, AgentServerArgs(pin_mode=self.pin_mode), self.clock)
         self.inserted: set[tuple] = set()
         self.locks = []
         # reference pins: session -> (key, deadline, longest prefix still never evicted)
@@ -175,12 +179,8 @@ class AgentCacheMachine(RuleBasedStateMachine):
         return best
 
     def ref_pinned_prefixes(self):
-        return {
-            tuple(key[:i])
-            for key, deadline, alive in self.pins.values()
-            if deadline > self.clock.now
-            for i in range(1, alive + 1)
-        }
+        # Until the tick, an expired pin still counts (and in hard mode still holds its lock).
+        return {tuple(key[:i]) for key, deadline, alive in self.pins.values() for i in range(1, alive + 1)}
 
     # rules --------------------------------------------------------------------------------
     @rule(key=tokens)
@@ -214,22 +214,25 @@ class AgentCacheMachine(RuleBasedStateMachine):
             return
         self.cache.record_turn(session, m.last_device_node)
         deadline = self.clock.now + ttl
-        self.cache.pin_session(session, deadline)
+        self.cache.pin(session, deadline)
         self.pins[session] = [list(key[: m.device_prefix_len]), deadline, m.device_prefix_len]
 
     @rule(session=sessions)
     def unpin(self, session):
-        self.cache.unpin_session(session)
+        self.cache.unpin(session)
         self.pins.pop(session, None)
 
     @rule(session=sessions)
     def close(self, session):
-        self.cache.close_agent_session(session)
+        self.cache.forget_session(session)
         self.pins.pop(session, None)
 
     @rule(dt=st.floats(0.1, 10))
     def advance(self, dt):
         self.clock.now += dt
+        # The step clock's tick: expired pins are let go here and only here.
+        for session in self.cache.expire_pins(self.clock.now):
+            self.pins.pop(session, None)
 
     @rule(n=st.integers(1, POOL))
     def evict(self, n):
@@ -239,14 +242,14 @@ class AgentCacheMachine(RuleBasedStateMachine):
 
     @rule(n=st.integers(1, POOL))
     def release_for_admission(self, n):
-        live = {s: st[1] for s, st in self.pins.items() if st[1] > self.clock.now}
-        released = self.cache.release_pins_for_admission(n)
-        if released:  # only hard pins give way, and only those closest to expiry
-            assert self.pin_mode == "hard"
-            kept = [d for s, d in live.items() if s not in released]
-            assert all(live.get(s, float("-inf")) <= min(kept, default=float("inf")) for s in released)
+        live = {s: st[1] for s, st in self.pins.items()}
+        released = self.controller.release_pins(lambda: self.cache.free_tokens() >= n, "admission")
+        kept = [d for s, d in live.items() if s not in released]
+        assert all(live[s] <= min(kept, default=float("inf")) for s in released), "not closest to expiry first"
         for session in released:
             self.pins.pop(session, None)
+        if released:
+            assert self.cache.free_tokens() >= n or not self.cache.pin_holdings()
 
     # eviction-order check -----------------------------------------------------------------
     def snapshot_pins(self):
@@ -259,7 +262,7 @@ class AgentCacheMachine(RuleBasedStateMachine):
         return leaves
 
     def check_eviction_order(self, before):
-        alive_before = {s: st[2] for s, st in self.pins.items() if st[1] > self.clock.now}
+        alive_before = {s: st[2] for s, st in self.pins.items()}
         self._check_order(before)
         if self.pin_mode == "hard":  # a live hard pin is never evicted
             for s, alive in alive_before.items():
@@ -298,6 +301,10 @@ class AgentCacheMachine(RuleBasedStateMachine):
     def pinned_tokens_match_reference(self):
         assert self.cache.pinned_tokens() == len(self.ref_pinned_prefixes())
 
+    @invariant()
+    def integrity(self):
+        self.cache.check_integrity()
+
 
 class HardPinMachine(AgentCacheMachine):
     pin_mode = "hard"
@@ -317,31 +324,36 @@ def test_pinned_tokens_drop_when_pressure_evicts_the_pin():
     cache, clock = make_cache()
     turn = insert(cache, [3])
     cache.record_turn("s0", turn.last_device_node)
-    cache.pin_session("s0", 1.0)
+    cache.pin("s0", 1.0)
     cache.evict(EvictParams(num_tokens=1))
-    assert cache.pinned_tokens() == 0 and cache.session_pinned_tokens("s0") == 0
-    assert cache.pin_holdings() == []
+    assert cache.pinned_tokens() == 0
+    assert [h.exclusive_tokens for h in cache.pin_holdings()] == [0]
 
 
 def test_hard_pin_is_protected_until_expiry_then_free():
     cache, clock = make_cache(60, pin_mode="hard")
     turn = insert(cache, range(30))
     cache.record_turn("agent", turn.last_device_node)
-    cache.pin_session("agent", 10.0)
+    cache.pin("agent", 10.0)
     assert cache.protected_size() == 30 and cache.evictable_size() == 0
     insert(cache, range(100, 125))
     assert insert(cache, range(200, 231)) is None  # 5 free + 25 evictable < 31: must wait
     assert match(cache, range(30)).device_prefix_len == 30
-    clock.now = 11.0  # expiry: the next capacity read releases the pin
+    clock.now = 11.0
+    assert cache.protected_size() == 30  # an expired pin holds until the step clock ticks...
+    cache.expire_pins(clock.now)  # ...and every TP rank ticks at the same step
     assert cache.evictable_size() == 30 and cache.protected_size() == 0  # the 25 went to the failed try
     assert insert(cache, range(200, 231)) is not None
 
 
 def test_release_pins_for_admission_goes_by_expiry():
     cache, clock = make_cache(100, pin_mode="hard")
+    controller = AgentController(cache, AgentServerArgs(), clock)
     for session, base, deadline in (("late", 0, 50.0), ("soon", 100, 20.0), ("mid", 200, 30.0)):
         result = insert(cache, range(base, base + 30))
         cache.record_turn(session, result.last_device_node)
-        cache.pin_session(session, deadline)
-    assert cache.release_pins_for_admission(41) == ["soon", "mid"]  # 10 free + 30 per pin
-    assert cache.live_pin_sessions() == ["late"]
+        cache.pin(session, deadline)
+    released = controller.release_pins(lambda: cache.free_tokens() >= 41, "admission")
+    assert released == ["soon", "mid"]  # 10 free + 30 per pin
+    assert [h.session_id for h in cache.pin_holdings()] == ["late"]
+    assert controller.stats.pins_released_for_admission == 2 and controller.stats.pins_displaced == 2

@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from sglang_agent.server.hints import HintError, parse_inline, parse_session_ref, parse_tool_start
+from sglang_agent.hints import HintError, parse_inline, parse_session_ref, parse_tool_start
 
 
 def test_tool_start_ok():
@@ -49,7 +49,7 @@ def test_session_ref():
         parse_session_ref({"session_id": "a", "extra": 1}, "tool_end")
 
 
-from sglang_agent.server.hints import parse_workflow, parse_workflow_step  # noqa: E402
+from sglang_agent.hints import parse_workflow, parse_workflow_step  # noqa: E402
 
 
 def test_workflow_definition():

@@ -40,16 +40,17 @@ def _req(rid, arrival):
 
 def test_program_fcfs_hook_orders_resumed_turn_by_program_arrival():
     arrivals = {"resumed-turn": 1.0}
-    controller = SimpleNamespace(args=SimpleNamespace(program_fcfs=True), program_arrival=arrivals.get)
+    backend = SimpleNamespace(controller=SimpleNamespace(args=SimpleNamespace(program_fcfs=True)),
+                              program_arrival=arrivals.get)
     policy = SimpleNamespace(
-        tree_cache=SimpleNamespace(agent_controller=controller),
+        tree_cache=SimpleNamespace(agent_backend=backend),
         policy=CacheAgnosticPolicy.FCFS,
         enable_priority_scheduling=False,
     )
     queue = [_req("newcomer-1", 10.0), _req("newcomer-2", 11.0), _req("resumed-turn", 12.0)]
     schedule_policy_fcfs._after_calc_priority(None, policy, queue)
     assert [r.rid for r in queue] == ["resumed-turn", "newcomer-1", "newcomer-2"]
-    controller.args.program_fcfs = False
+    backend.controller.args.program_fcfs = False
     queue = [_req("newcomer-1", 10.0), _req("resumed-turn", 12.0)]
     schedule_policy_fcfs._after_calc_priority(None, policy, queue)
     assert [r.rid for r in queue] == ["newcomer-1", "resumed-turn"]
@@ -58,11 +59,48 @@ def test_program_fcfs_hook_orders_resumed_turn_by_program_arrival():
 def test_hard_pins_give_way_only_when_nothing_runs():
     from sglang_agent.patches import scheduler_pin_release
 
-    released = []
+    asked = []
     head = SimpleNamespace(origin_input_ids=[1] * 100, sampling_params=SimpleNamespace(max_new_tokens=28))
-    scheduler = SimpleNamespace(tree_cache=SimpleNamespace(release_pins_for_admission=released.append),
-                                waiting_queue=[head])
+    cache = SimpleNamespace(free_tokens=lambda: 100)
+    cache.agent_backend = SimpleNamespace(make_room_for_admission=lambda fits: asked.append(fits()))
+    scheduler = SimpleNamespace(tree_cache=cache, waiting_queue=[head], chunked_req=None)
     idle = SimpleNamespace(batch_to_run=None, running_batch=SimpleNamespace(is_empty=lambda: True))
     busy = SimpleNamespace(batch_to_run=None, running_batch=SimpleNamespace(is_empty=lambda: False))
-    assert scheduler_pin_release._after_get_new_batch_prefill(busy, scheduler) is busy and released == []
-    assert scheduler_pin_release._after_get_new_batch_prefill(idle, scheduler) is idle and released == [128]
+    assert scheduler_pin_release._after_get_new_batch_prefill(busy, scheduler) is busy and asked == []
+    assert scheduler_pin_release._after_get_new_batch_prefill(idle, scheduler) is idle
+    assert asked == [False]  # 100 free < 128 needed: pins are asked to give way
+
+
+def test_pins_give_way_before_decode_would_retract():
+    """The decode hook asks the backend for room only when the batch does not fit, then runs
+    upstream's own update (which retracts only if pins could not make room)."""
+    from sglang_agent.patches import scheduler_decode_room
+
+    room = {"fits": False}
+    calls = []
+    batch = SimpleNamespace(is_empty=lambda: False, check_decode_mem=lambda: room["fits"])
+    backend = SimpleNamespace(make_room_for_decode=lambda fits: (calls.append("room"), room.update(fits=True)))
+    scheduler = SimpleNamespace(tree_cache=SimpleNamespace(agent_backend=backend))
+    original = lambda sched, b: calls.append("upstream") or b  # noqa: E731
+    assert scheduler_decode_room._around_update_running_batch(original, scheduler, batch) is batch
+    assert calls == ["room", "upstream"]
+    calls.clear()
+    scheduler_decode_room._around_update_running_batch(original, scheduler, batch)
+    assert calls == ["upstream"]  # fits: nothing released
+
+
+def test_step_ticks_ride_the_inputs_and_are_taken_out_before_sglang_sees_them():
+    from sglang_agent.patches import _backend, scheduler_step_tick
+    from sglang_agent.server.messages import AgentStepTick
+
+    ticks = []
+    scheduler = SimpleNamespace(tree_cache=SimpleNamespace(agent_backend=object()))
+    local = scheduler_step_tick._after_poll_timeout_aborts([], scheduler)
+    assert len(local) == 1 and isinstance(local[0], AgentStepTick)
+    _backend.PROCESS["backend"] = SimpleNamespace(tick=ticks.append)
+    try:
+        received = ["req-1", *local, "req-2"]
+        assert scheduler_step_tick._after_recv_requests(received, object()) == ["req-1", "req-2"]
+        assert ticks == [local[0].now_s]
+    finally:
+        _backend.PROCESS["backend"] = None

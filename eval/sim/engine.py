@@ -27,12 +27,12 @@ from eval.sim.hicache import SimHiCache
 from eval.sim.host_tier import SimHostTier
 from eval.sim.policies import PolicySpec, infercept_preserve
 from eval.traces.format import Program
-from sglang_agent.cache.agent_radix_cache import AgentRadixCache
-from sglang_agent.cache.cpu_pools import cpu_cache_params
+from sglang_agent.backend import build_backend
 from sglang_agent.config import AgentServerArgs
-from sglang_agent.controller import AgentController, LoadSnapshot
+from sglang_agent.controller import LoadSnapshot
+from sglang_agent.hints import InlineAgentHint, ToolStart, WorkflowAgent, WorkflowDef, WorkflowStep
+from sglang_agent.policy.clock import StepClock
 from sglang_agent.policy.ttl import DECLARED_DURATION_SLACK
-from sglang_agent.server.hints import InlineAgentHint, ToolStart, WorkflowAgent, WorkflowDef, WorkflowStep
 
 
 @dataclass
@@ -106,8 +106,7 @@ class Simulator:
         self.policy = policy
         self.now = 0.0
         self.pool_tokens = pool_tokens or cost.kv_pool_tokens
-        self.cache = AgentRadixCache(cpu_cache_params(self.pool_tokens), clock=lambda: self.now, pin_mode=policy.pin_mode)
-        self.allocator = self.cache.token_to_kv_pool_allocator
+        self.clock = StepClock()
         self.programs = [_ProgramState(p, array("q", p.system_tokens)) for p in programs]
         self.waiting: list[_Request] = []
         self.running: list[_Request] = []
@@ -116,19 +115,23 @@ class Simulator:
         self.decisions: list[tuple] = []
         self.tool_mean_s: dict[str, tuple[float, int]] = {}  # infercept's profiled durations
         self.infercept_pins: set[str] = set()
-        self.controller = None
-        self.host = SimHostTier(policy.host_pool_tokens, cost, lambda: self.now) if policy.offload else None
+        self.host = SimHostTier(policy.host_pool_tokens, cost, self.clock) if policy.offload else None
         self.hicache = SimHiCache(policy.host_pool_tokens) if policy.hicache else None
-        if policy.retention == "ttl" or policy.workflow:
-            # A fixed TTL: no memory price, so the declared duration is always taken as the TTL.
-            defaults = AgentServerArgs()
-            args = agent_args or AgentServerArgs(
-                prefill_tokens_per_s=cost.prefill_tokens_per_s(),
-                memory_cost_scale=0.0 if policy.fixed_ttl_s is not None else defaults.memory_cost_scale,
-                max_ttl_s=max(defaults.max_ttl_s, policy.fixed_ttl_s or 0.0),
-            )
-            self.controller = AgentController(self.cache, args, clock=lambda: self.now, load_probe=self._load,
-                                              host_tier=self.host)
+        # A fixed TTL: no memory price, so the declared duration is always taken as the TTL.
+        defaults = AgentServerArgs()
+        args = agent_args or AgentServerArgs(
+            prefill_tokens_per_s=cost.prefill_tokens_per_s(),
+            memory_cost_scale=0.0 if policy.fixed_ttl_s is not None else defaults.memory_cost_scale,
+            max_ttl_s=max(defaults.max_ttl_s, policy.fixed_ttl_s or 0.0),
+            pin_mode=policy.pin_mode,
+        )
+        self.backend = build_backend(self.pool_tokens, args, clock=self.clock,
+                                     host_tier_factory=(lambda cache: self.host) if self.host else None,
+                                     load_probe=self._load)
+        self.cache = self.backend.cache
+        self.allocator = self.cache.token_to_kv_pool_allocator
+        # The policies without agent state run the same cache with no hints (upstream's behaviour).
+        self.controller = self.backend.controller if policy.retention == "ttl" or policy.workflow else None
         for index, state in enumerate(self.programs):
             self._schedule(state.program.arrival_s, index, 0)
 
@@ -171,7 +174,7 @@ class Simulator:
                 step = WorkflowStep(program.program_id, program.turns[turn].agent_id)
             self.controller.bind(rid, InlineAgentHint(session, workflow_step=step))
         if session in self.infercept_pins:
-            self.cache.unpin_session(session)
+            self.cache.unpin(session)
             self.infercept_pins.discard(session)
         self.waiting.append(_Request(rid, program_index, turn, prompt, array("q", program.turns[turn].output_tokens), record))
 
@@ -218,7 +221,9 @@ class Simulator:
             short = need - self.allocator.available_size()
             if short > 0 and not admitted and not self.running and short > self.cache.evictable_size():
                 # Nothing running will free memory: pins closest to expiry give way (no deadlock).
-                released = self.cache.release_pins_for_admission(need)
+                released = self.backend.make_room_for_admission(lambda: self.cache.free_tokens() >= need)
+                if not released and self.infercept_pins:  # infercept holds until return: same rule
+                    released = self._release_infercept(need)
                 self.decisions.extend((self.now, s, -1, "pin_released", 0) for s in released)
             if short > 0:
                 self.cache.evict(EvictParams(num_tokens=short))
@@ -267,7 +272,7 @@ class Simulator:
         turn = program.turns[req.turn]
         session = self._session(program, req.turn)
         if self.controller is not None:
-            self.controller.on_turn_finished(_FinishedReq(req.rid, last_node, req.key, cached), last_node is not None)
+            self.controller.turn_finished(_FinishedReq(req.rid, last_node, req.key, cached))
         if turn.tool_name is None:
             return
         if self.policy.retention == "ttl":
@@ -291,13 +296,24 @@ class Simulator:
         others = sum(len(r.key) + r.produced for r in self.running)
         if infercept_preserve(expected, context_tokens, self.cost.prefill_s(context_tokens), others):
             self.cache.record_turn(session, last_node)
-            self.cache.pin_session(session, float("inf"))  # held until the tool returns
+            self.cache.pin(session, float("inf"))  # held until the tool returns
             self.infercept_pins.add(session)
             self.decisions.append((self.now, session, -1, "preserve", context_tokens))
+
+    def _release_infercept(self, need: int) -> list[str]:
+        released = []
+        for session in list(self.infercept_pins):
+            if self.cache.free_tokens() >= need:
+                break
+            self.cache.unpin(session)
+            self.infercept_pins.discard(session)
+            released.append(session)
+        return released
 
     # ---- main loop ---------------------------------------------------------------------------
     def run(self) -> SimResult:
         while self.events or self.waiting or self.running:
+            self.backend.tick(self.now)  # the step clock, as the scheduler ticks it once per step
             while self.events and self.events[0][0] <= self.now:
                 _, _, program_index, turn = heapq.heappop(self.events)
                 self._arrive(program_index, turn)
@@ -336,6 +352,7 @@ class Simulator:
         decode_s = self.cost.decode_step_s(len(decoding), context + len(decoding) * (steps - 1) / 2) * steps
         elapsed = prefill_s + decode_s + self.cost.iteration_overhead_s * steps
         self.now += elapsed
+        self.backend.tick(self.now)
         for r in admitted:
             r.record.first_token_s = self.now
             r.produced = 1
@@ -358,6 +375,7 @@ class _FinishedReq:
     last_node: Optional[int]
     origin_input_ids: array
     cached_tokens: int
+    finished_reason: None = None
 
 
 def simulate(programs: list[Program], cost: CostModel, policy: PolicySpec, **kwargs) -> SimResult:

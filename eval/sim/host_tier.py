@@ -1,4 +1,5 @@
-"""A modelled host-memory KV tier for the simulator (TokenCake-style offload during tool calls).
+"""A modelled host-memory KV tier for the simulator (TokenCake-style offload during tool calls),
+the controller's `HostTier` there (the server's is SGLang's HiCache, sglang_agent/cache/host_tier.py).
 
 The offload copy is free to the GPU (it overlaps the tool call); the reload takes
 bytes / host bandwidth from the moment the prefetch starts (predicted return minus reload
@@ -12,6 +13,7 @@ from dataclasses import dataclass
 from typing import Callable, Optional
 
 from eval.sim.cost_model import CostModel
+from sglang_agent.controller.ports import HostEvents
 
 
 @dataclass
@@ -31,24 +33,17 @@ class SimHostTier:
         self.prefetch_hits = 0  # reload finished before the turn was admitted
         self.prefetch_misses = 0
 
-    def _purge(self) -> None:
-        now = self.clock()
-        for session in [s for s, c in self.copies.items() if c.expires_at <= now]:
-            del self.copies[session]
-
     def used_tokens(self) -> int:
-        self._purge()
         return sum(c.tokens for c in self.copies.values())
 
     def reload_s(self, tokens: int) -> float:
         return self.cost.reload_s(tokens)
 
-    def has_room(self, tokens: int) -> bool:
-        return self.used_tokens() + tokens <= self.capacity_tokens
+    def room_tokens(self) -> int:
+        return self.capacity_tokens - self.used_tokens()
 
-    def offload(self, session_id: str, tokens: int, keep_s: float, prefetch_after_s: float) -> None:
-        now = self.clock()
-        self.copies[session_id] = HostCopy(tokens, now + keep_s, now + prefetch_after_s)
+    def offload(self, session_id: str, tokens: int, prefetch_at: float, keep_until: float) -> None:
+        self.copies[session_id] = HostCopy(tokens, keep_until, prefetch_at)
 
     def prefetch_prefix(self, session_id: str) -> int:
         """KVFlow's next-agent prefetch is not modelled: the simulator's host tier holds only
@@ -58,14 +53,26 @@ class SimHostTier:
     def forget(self, session_id: str) -> None:
         self.copies.pop(session_id, None)
 
-    def prefetch_now(self, session_id: str, turn_arrived: bool = False) -> None:
+    def has_job(self, session_id: str) -> bool:
+        return session_id in self.copies
+
+    def prefetch_now(self, session_id: str) -> None:
         copy = self.copies.get(session_id)
         if copy is not None:
             copy.prefetch_at = min(copy.prefetch_at, self.clock())
 
+    def turn_arrived(self, session_id: str) -> None:
+        """The copy stays until the turn's admission takes it (`take`)."""
+
+    def poll(self, now: float, headroom_tokens: int) -> HostEvents:
+        lapsed = [s for s, c in self.copies.items() if c.expires_at <= now]
+        for session_id in lapsed:
+            del self.copies[session_id]
+        return HostEvents(lapsed=lapsed)
+
     def peek(self, session_id: str) -> Optional[HostCopy]:
-        self._purge()
-        return self.copies.get(session_id)
+        copy = self.copies.get(session_id)
+        return copy if copy is not None and copy.expires_at > self.clock() else None
 
     def take(self, session_id: str, tokens: int) -> float:
         """Reload `tokens` of the session's copy for an admitted turn; returns the wait (s)."""
@@ -78,3 +85,7 @@ class SimHostTier:
         else:
             self.prefetch_hits += 1
         return wait
+
+    def snapshot(self) -> dict:
+        return {"host_tier": "simulated", "host_pool_tokens": self.capacity_tokens, "sessions_offloaded": len(self.copies),
+                "reloaded_tokens": self.reloaded_tokens}

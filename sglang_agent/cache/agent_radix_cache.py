@@ -1,283 +1,272 @@
 """AgentRadixCache: SGLang 0.5.23's UnifiedRadixCache with agent sessions, TTL pins and a
-workflow-aware eviction order.
+workflow-aware eviction order. It is the mechanism behind the controller's `SessionKV` protocol
+and knows nothing of hints, tool calls or policies beyond the eviction key.
 
-Why UnifiedRadixCache: it is the tree the 0.5.23 scheduler builds by default (RadixCache is only
-kept for simulation and tests), and HiCache (host tier, load_back) lives inside it, which the
-offload work builds on. We select SGLang's *Python* TreeCore through the tree-core registry
-(backend "agent") because our per-node fields and split hook need Python nodes; the Rust core
-is a drop-in speedup upstream, not a behaviour change.
+Why UnifiedRadixCache: it is the tree the 0.5.23 scheduler builds by default, and HiCache (host
+tier, load_back) lives inside it, which the offload work builds on. It runs on SGLang's Python
+TreeCore (registered as tree-core backend "agent", making AgentTreeNodes): the per-node pin and
+steps state and the split hook need Python nodes (eval/bench_radix.py measures the price against
+the default native core).
 
 Two pin modes (`--agent-pin-mode`):
 - "soft": a pin is an eviction *order*: a pinned node stays evictable but sorts after every
-  unpinned one, closest expiry first (policy/eviction.py). A request that cannot be admitted
-  otherwise takes the pins closest to expiry; an expired pin is an ordinary LRU node.
-- "hard" (Continuum's semantics): a pin also holds an SGLang tree lock on the session's path,
-  so its tokens count as protected, not evictable, and admission waits for them like for a
-  running request. Expired pins are released by a sweep that runs before every capacity read
-  (`evictable_size`, `evict`), and `release_pins_for_admission` releases the pins closest to
-  expiry when nothing else can free memory, so pins never deadlock admission.
+  unpinned one, closest expiry first (policy/eviction.py).
+- "hard" (Continuum's semantics): a pin also holds an SGLang tree lock on the session's path, so
+  its tokens count as protected, not evictable, and admission waits for them like for a running
+  request. Pins only end at a step-clock tick (`expire_pins`), on release, or when the
+  controller makes them give way (`release_pins`: for the running batch's decode, or for a queue
+  that nothing else can unblock).
+Every per-node field is O(1) to read however many sessions share the node.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import time
-from typing import TYPE_CHECKING, Callable, Iterable, Optional
+from typing import Callable, Iterable, Optional
 
 from sglang.srt.mem_cache.cache_init_params import CacheInitParams
+from sglang.srt.mem_cache.unified_cache.component_type import ComponentType
 from sglang.srt.mem_cache.unified_radix_cache import UnifiedRadixCache
 
-from sglang_agent.cache import tree_core as agent_tree_core
+from sglang_agent import upstream
 from sglang_agent.cache.eviction import AgentEvictionStrategy
 from sglang_agent.cache.node import AgentTreeNode
 from sglang_agent.policy import Clock
-from sglang_agent.policy.eviction import is_pin_live
 from sglang_agent.policy.pins import PinHolding
-from sglang_agent.policy.workflow import node_steps
+from sglang_agent.policy.workflow import WorkflowPace
 
-if TYPE_CHECKING:
-    from sglang.srt.managers.schedule_batch import Req
-
-TurnListener = Callable[["Req", bool], None]
-StepListener = Callable[[], None]
+TREE_CORE_NAME = "agent"
 PIN_MODES = ("soft", "hard")
 
 
+class RequestListener:
+    """Told when a request leaves the tree: finished (`turn_finished`) or not (`request_dropped`)."""
+
+    def turn_finished(self, req) -> None: ...
+    def request_dropped(self, rid: str) -> None: ...
+    def cache_reset(self) -> None: ...
+
+
 class AgentRadixCache(UnifiedRadixCache):
-    def __init__(self, params: CacheInitParams, clock: Clock = time.perf_counter, pin_mode: str = "soft"):
+    def __init__(self, params: CacheInitParams, clock: Clock = time.perf_counter, pin_mode: str = "soft",
+                 pace: Optional[WorkflowPace] = None):
         if pin_mode not in PIN_MODES:
             raise ValueError(f"pin_mode must be one of {PIN_MODES}, got {pin_mode!r}")
-        agent_tree_core.register()
-        params = dataclasses.replace(params, tree_core_backend=agent_tree_core.TREE_CORE_NAME)
+        upstream.register_tree_core(TREE_CORE_NAME, AgentTreeNode)
+        params = dataclasses.replace(params, tree_core_backend=TREE_CORE_NAME)
         self.clock = clock
         self.pin_mode = pin_mode
-        self.turn_listeners: list[TurnListener] = []
-        # Called once per scheduler step after HiCache's own polling (the host tier's timers).
-        self.step_listeners: list[StepListener] = []
+        self.pace = pace or WorkflowPace()
+        self.listener: Optional[RequestListener] = None  # set by the composition root (backend.py)
+        # Called once per scheduler step after HiCache's own polling (a host tier's copies).
+        self.step_listeners: list[Callable[[], None]] = []
         super().__init__(params)
-        self.tree_core.eviction_strategy = AgentEvictionStrategy(self.tree_core.eviction_strategy, clock)
+        self.tree_core.eviction_strategy = AgentEvictionStrategy(
+            self.tree_core.eviction_strategy, clock, self.pace, upstream.lru_counter)
         self.tree_core.on_split = self._on_split
 
-    # ---- lifecycle -------------------------------------------------------------------------
+    # ---- lifecycle -----------------------------------------------------------------------------
     def reset(self) -> None:
         super().reset()
-        # session -> last node of its latest finished turn
-        self._session_last_node: dict[str, int] = {}
-        # session -> nodes it owns / pins (kept complete across splits by _on_split)
-        self._session_nodes: dict[str, set[AgentTreeNode]] = {}
-        self._pinned_nodes: dict[str, set[AgentTreeNode]] = {}
-        # session -> its pin's deadline; lets expired pins be dropped without visiting nodes
+        self._session_last_node: dict[str, int] = {}  # session -> last node of its latest turn
+        # Pins: session -> deadline, the nodes it pins (kept complete across splits), its tree lock.
         self._pin_deadline: dict[str, float] = {}
-        # hard mode: session -> the tree lock that keeps its pinned path protected
+        self._pinned_nodes: dict[str, set[AgentTreeNode]] = {}
         self._pin_locks: dict[str, object] = {}
-        # session -> KVFlow steps until its agent runs next (sessions of declared workflows)
+        self._pin_count: dict[AgentTreeNode, int] = {}  # node -> pins through it (pinned tokens, once)
+        # Workflow sessions: steps until their agent runs, and the nodes carrying that value.
         self._session_steps: dict[str, int] = {}
-        # offloaded session -> (node, host lock) keeping its host copy from host-LRU eviction
+        self._step_nodes: dict[str, set[AgentTreeNode]] = {}
+        # Offloaded session -> (node, host lock) keeping its host copy from host-LRU eviction.
         self._host_holds: dict[str, tuple[int, object]] = {}
+        listener = getattr(self, "listener", None)
+        if listener is not None:
+            listener.cache_reset()
 
     def _on_split(self, new_parent: AgentTreeNode, child: AgentTreeNode) -> None:
-        for session_id in child.session_ids:
-            self._session_nodes.setdefault(session_id, set()).add(new_parent)
         for session_id in child.pin_deadlines:
             self._pinned_nodes.setdefault(session_id, set()).add(new_parent)
+        if child in self._pin_count:
+            self._pin_count[new_parent] = self._pin_count[child]
+        for session_id in child.step_sessions:
+            self._step_nodes.setdefault(session_id, set()).add(new_parent)
 
-    def on_release(self, req: "Req", *, checkpointed: bool) -> None:
+    # Requests leaving the tree: every way ends in exactly one of these two.
+    def on_release(self, req, *, checkpointed: bool) -> None:
         super().on_release(req, checkpointed=checkpointed)
-        if req.finished():
-            for listener in self.turn_listeners:
-                listener(req, checkpointed)
+        if req.finished() and self.listener is not None:
+            self.listener.turn_finished(req)
 
-    # ---- sessions --------------------------------------------------------------------------
-    def _live_node(self, node_id: Optional[int]) -> Optional[AgentTreeNode]:
-        node = self.tree_core._node_arena.get(node_id) if node_id is not None else None
+    def finish(self, handle, outcome) -> None:
+        super().finish(handle, outcome)
+        if self.listener is not None and outcome.name != "SUCCESS":
+            self.listener.request_dropped(handle.rid)
+
+    # ---- sessions ------------------------------------------------------------------------------
+    def _node(self, node_id: Optional[int]) -> Optional[AgentTreeNode]:
+        node = upstream.live_node(self.tree_core, node_id)
         return None if node is None or node is self.tree_core.root_node else node
 
     def _device_tokens(self, node: AgentTreeNode) -> int:
-        """Tokens of `node` on GPU; 0 once eviction has taken it out of the tree."""
-        return node.device_tokens if self.tree_core._node_arena.get(node.id) is node else 0
+        """Tokens of `node` on the GPU; 0 once eviction has taken it out of the tree."""
+        return node.device_tokens if upstream.live_node(self.tree_core, node.id) is node else 0
 
-    def _path(self, node: Optional[AgentTreeNode]) -> Iterable[AgentTreeNode]:
+    def _path(self, session_id: str) -> Iterable[AgentTreeNode]:
+        """The nodes of the session's latest turn, deepest first (the one walk over a path)."""
+        node = self._node(self._session_last_node.get(session_id))
         root = self.tree_core.root_node
         while node is not None and node is not root:
             yield node
             node = node.parent
 
-    def record_turn(self, session_id: str, last_node_id: int) -> int:
-        """The session's latest turn ended on `last_node_id`; returns its cached path length."""
+    def record_turn(self, session_id: str, last_node_id: int) -> None:
+        """The session's latest turn ended on `last_node_id`. O(1) unless the session is a workflow
+        agent's (then its steps go onto the new path's nodes)."""
         self._session_last_node[session_id] = last_node_id
-        arena = self.tree_core._node_arena
-        # Forget nodes the tree has deleted since the last turn (keeps the index bounded).
-        owned = {n for n in self._session_nodes.get(session_id, ()) if arena.get(n.id) is n}
-        self._session_nodes[session_id] = owned
-        tokens = 0
-        for node in self._path(self._live_node(last_node_id)):
-            node.session_ids.add(session_id)
-            node.steps_to_execution = node_steps(self._session_steps, node.session_ids)
-            owned.add(node)
-            tokens += node.device_tokens
-        return tokens
+        if session_id in self._session_steps:
+            self._put_steps(session_id, self._session_steps[session_id])
 
     def set_session_steps(self, steps: dict[str, Optional[int]]) -> int:
-        """New steps-to-execution for some sessions; re-scores only the nodes they own
-        (incremental: the rest of the tree is not visited). Returns nodes re-scored."""
-        touched: set[AgentTreeNode] = set()
+        """New steps-to-execution for some sessions; re-scores only the nodes they own. Returns the
+        nodes re-scored."""
+        touched = 0
         for session_id, value in steps.items():
             if value is None:
                 self._session_steps.pop(session_id, None)
+                for node in self._step_nodes.pop(session_id, ()):
+                    node.set_steps(session_id, None)
+                    touched += 1
             else:
                 self._session_steps[session_id] = value
-            touched.update(self._session_nodes.get(session_id, ()))
-        for node in touched:
-            node.steps_to_execution = node_steps(self._session_steps, node.session_ids)
-        return len(touched)
+                touched += self._put_steps(session_id, value)
+        return touched
 
-    def session_path_tokens(self, session_id: str) -> int:
-        node = self._live_node(self._session_last_node.get(session_id))
-        return sum(n.device_tokens for n in self._path(node))
+    def _put_steps(self, session_id: str, value: int) -> int:
+        # Nodes the tree has deleted since are forgotten (keeps the index bounded).
+        owned = {n for n in self._step_nodes.get(session_id, ()) if upstream.live_node(self.tree_core, n.id) is n}
+        owned.update(self._path(session_id))
+        self._step_nodes[session_id] = owned
+        for node in owned:
+            node.set_steps(session_id, value)
+        return len(owned)
 
-    def close_agent_session(self, session_id: str) -> None:
-        self.unpin_session(session_id)
+    def last_node(self, session_id: str) -> Optional[AgentTreeNode]:
+        """The node the session's latest turn ended on, if the tree still has it."""
+        return self._node(self._session_last_node.get(session_id))
+
+    def path_tokens(self, session_id: str) -> int:
+        return sum(n.device_tokens for n in self._path(session_id))
+
+    def forget_session(self, session_id: str) -> None:
+        self.unpin(session_id)
         self.release_host(session_id)
-        self._session_steps.pop(session_id, None)
-        for node in self._session_nodes.pop(session_id, ()):
-            node.session_ids.discard(session_id)
-            node.steps_to_execution = node_steps(self._session_steps, node.session_ids)
+        self.set_session_steps({session_id: None})
         self._session_last_node.pop(session_id, None)
 
-    # ---- pins ------------------------------------------------------------------------------
-    def pin_session(self, session_id: str, ttl_deadline: float) -> int:
-        """Pin the path of the session's latest turn until `ttl_deadline`; returns pinned tokens."""
-        self.unpin_session(session_id)
-        pinned = self._pinned_nodes.setdefault(session_id, set())
-        tokens = 0
-        for node in self._path(self._live_node(self._session_last_node.get(session_id))):
-            if node.device_tokens == 0:
-                continue  # only GPU-resident KV is pinned
-            node.pin_deadlines[session_id] = ttl_deadline
-            pinned.add(node)
-            tokens += node.device_tokens
+    def access_clock(self) -> float:
+        return upstream.lru_counter()
+
+    # ---- capacity ------------------------------------------------------------------------------
+    def pool_tokens(self) -> int:
+        return self.token_to_kv_pool_allocator.size
+
+    def free_tokens(self) -> int:
+        return self.token_to_kv_pool_allocator.available_size() + self.evictable_size()
+
+    # ---- pins ----------------------------------------------------------------------------------
+    def pin(self, session_id: str, ttl_deadline: float) -> int:
+        """Pin the GPU-resident path of the session's latest turn until `ttl_deadline`; returns the
+        tokens pinned (0: nothing of it is on the GPU, and no pin is made)."""
+        self.unpin(session_id)
+        nodes = {n for n in self._path(session_id) if n.device_tokens}
+        if not nodes:
+            return 0
+        for node in nodes:
+            node.add_pin(session_id, ttl_deadline)
+            self._pin_count[node] = self._pin_count.get(node, 0) + 1
+        self._pinned_nodes[session_id] = nodes
         self._pin_deadline[session_id] = ttl_deadline
-        if self.pin_mode == "hard" and tokens:
+        if self.pin_mode == "hard":
             self._pin_locks[session_id] = self.lock(self._session_last_node[session_id])
-        return tokens
+        return sum(n.device_tokens for n in nodes)
+
+    def pin_deadline(self, session_id: str) -> Optional[float]:
+        return self._pin_deadline.get(session_id)
 
     def set_pin_deadline(self, session_id: str, ttl_deadline: float) -> None:
-        for node in self._pinned_nodes.get(session_id, ()):
-            node.pin_deadlines[session_id] = ttl_deadline
-        if session_id in self._pinned_nodes:
-            self._pin_deadline[session_id] = ttl_deadline
+        if session_id not in self._pin_deadline:
+            return
+        for node in self._pinned_nodes[session_id]:
+            node.add_pin(session_id, ttl_deadline)
+        self._pin_deadline[session_id] = ttl_deadline
 
-    def unpin_session(self, session_id: str) -> None:
-        for node in self._pinned_nodes.pop(session_id, ()):
-            node.pin_deadlines.pop(session_id, None)
+    def unpin(self, session_id: str) -> None:
         self._pin_deadline.pop(session_id, None)
+        for node in self._pinned_nodes.pop(session_id, ()):
+            node.remove_pin(session_id)
+            left = self._pin_count.get(node, 0) - 1
+            if left > 0:
+                self._pin_count[node] = left
+            else:
+                self._pin_count.pop(node, None)
         lock = self._pin_locks.pop(session_id, None)
         if lock is not None:
             self.unlock(lock)
 
-    def release_pins_for_admission(self, needed_tokens: int) -> list[str]:
-        """Hard mode, when a waiting request cannot be admitted and nothing running will free
-        memory: release pins closest to expiry first until `needed_tokens` could be evicted."""
-        released = []
-        for session_id, _ in sorted(self._pin_deadline.items(), key=lambda item: item[1]):
-            if self.pin_mode != "hard" or super().evictable_size() + self.token_to_kv_pool_allocator.available_size() >= needed_tokens:
-                break
-            self.unpin_session(session_id)
-            released.append(session_id)
-        return released
-
-    # Capacity reads sweep expired hard pins first, so an expired pin costs nothing.
-    def evictable_size(self) -> int:
-        if self._pin_locks:
-            self._live_pin_sessions(self.clock())
-        return super().evictable_size()
-
-    def evict(self, params):
-        if self._pin_locks:
-            self._live_pin_sessions(self.clock())
-        return super().evict(params)
-
-    def evict_for_alloc(self, params, **kwargs):
-        if self._pin_locks:
-            self._live_pin_sessions(self.clock())
-        return super().evict_for_alloc(params, **kwargs)
-
-    def _live_pin_sessions(self, now: float) -> list[str]:
-        """Sessions whose pin is live; expired pins are dropped here (they already cost nothing
-        in the eviction order, this only forgets them)."""
-        expired = [s for s, deadline in self._pin_deadline.items() if not is_pin_live(deadline, now)]
+    def expire_pins(self, now: float) -> list[str]:
+        """Drop the pins whose TTL has run out (the one sweep; run once per step-clock tick, so every
+        TP rank drops the same pins at the same step)."""
+        expired = [s for s, deadline in self._pin_deadline.items() if deadline <= now]
         for session_id in expired:
-            self.unpin_session(session_id)
-        return list(self._pin_deadline)
+            self.unpin(session_id)
+        return expired
 
-    def _live_pinned_nodes(self, now: float) -> dict[AgentTreeNode, int]:
-        """Every GPU-resident node under a live pin, once, with its token count."""
-        tokens: dict[AgentTreeNode, int] = {}
-        for session_id in self._live_pin_sessions(now):
-            for node in self._pinned_nodes[session_id]:
-                if node not in tokens:
-                    tokens[node] = self._device_tokens(node)
-        return tokens
+    def pinned_tokens(self) -> int:
+        """GPU tokens under a pin, each counted once however many pins share it."""
+        return sum(self._device_tokens(n) for n in self._pin_count)
 
-    def pinned_tokens(self, now: Optional[float] = None) -> int:
-        now = self.clock() if now is None else now
-        return sum(self._live_pinned_nodes(now).values())
-
-    def session_pinned_tokens(self, session_id: str, now: Optional[float] = None) -> int:
-        now = self.clock() if now is None else now
-        return sum(
-            self._device_tokens(n)
-            for n in self._pinned_nodes.get(session_id, ())
-            if is_pin_live(n.pin_deadlines.get(session_id), now)
-        )
-
-    def live_pin_sessions(self, now: Optional[float] = None) -> list[str]:
-        now = self.clock() if now is None else now
-        return [s for s in self._live_pin_sessions(now) if self.session_pinned_tokens(s, now) > 0]
-
-    def unpinned_path_tokens(self, session_id: str, now: Optional[float] = None) -> int:
+    def unpinned_path_tokens(self, session_id: str) -> int:
         """Tokens a pin of this session's latest path would add to the pinned total."""
-        now = self.clock() if now is None else now
-        node = self._live_node(self._session_last_node.get(session_id))
-        return sum(
-            n.device_tokens
-            for n in self._path(node)
-            if not is_pin_live(
-                max((d for s, d in n.pin_deadlines.items() if s != session_id), default=None), now
-            )
-        )
+        own = self._pinned_nodes.get(session_id, ())
+        return sum(n.device_tokens for n in self._path(session_id)
+                   if self._pin_count.get(n, 0) - (n in own) <= 0)
 
-    def pin_holdings(self, now: Optional[float] = None) -> list[PinHolding]:
-        """Each live pin with the tokens only it keeps pinned (what dropping it frees)."""
-        now = self.clock() if now is None else now
+    def protectable_tokens(self, session_id: str) -> int:
+        """Tokens a hard pin of this path would take out of the evictable pool: those neither locked
+        by a running request nor pinned already."""
+        return sum(n.device_tokens for n in self._path(session_id) if n.lock_ref == 0)
+
+    def pin_holdings(self) -> list[PinHolding]:
+        """Each pin with the tokens only it keeps pinned (what releasing it frees)."""
         holdings = []
-        for session_id in self._live_pin_sessions(now):
-            live = [n for n in self._pinned_nodes[session_id] if self._device_tokens(n)]
-            if not live:
-                continue
-            exclusive = sum(
-                self._device_tokens(n)
-                for n in live
-                if not any(is_pin_live(d, now) for s, d in n.pin_deadlines.items() if s != session_id)
-            )
-            deadline = max(n.pin_deadlines[session_id] for n in live)
-            holdings.append(PinHolding(session_id, deadline, exclusive))
+        for session_id, nodes in self._pinned_nodes.items():
+            live = [n for n in nodes if self._device_tokens(n)]
+            exclusive = sum(n.device_tokens for n in live if self._pin_count.get(n, 0) == 1)
+            holdings.append(PinHolding(session_id, self._pin_deadline[session_id], exclusive))
         return holdings
 
-    def pool_size_tokens(self) -> int:
-        return self.token_to_kv_pool_allocator.size
-
-    # ---- host tier (SGLang's HiCache, --enable-hierarchical-cache) ---------------------------
+    # ---- host tier (SGLang's HiCache, --enable-hierarchical-cache) -----------------------------
     def has_host_tier(self) -> bool:
         return getattr(self, "cache_controller", None) is not None
 
     def check_hicache_events(self) -> None:
         """SGLang calls this once per scheduler step when HiCache is on: after its own polling
-        (write/load acks), run the agent host tier's due work (offload retries, prefetches)."""
+        (write/load acks), run the listeners (the host tier's copies)."""
         super().check_hicache_events()
         for listener in self.step_listeners:
             listener()
+
+    def host_room_tokens(self) -> int:
+        """Host-pool tokens an offload may use: free, or held by HiCache's own cache entries that host
+        LRU can evict (everything but what offloaded sessions hold)."""
+        pool = self.cache_controller.mem_pool_host
+        held = sum(self.session_host_tokens(s) for s in self._host_holds)
+        return max(0, pool.size - held)
+
+    def unbacked_path_tokens(self, session_id: str) -> int:
+        """GPU tokens of the session's path with no host copy yet (what an offload must write)."""
+        return sum(n.device_tokens for n in self._path(session_id) if not n.backuped)
 
     def offload_session(self, session_id: str) -> tuple[int, bool]:
         """Move the session's latest path from GPU to host memory, deepest node first. A node is
@@ -288,43 +277,44 @@ class AgentRadixCache(UnifiedRadixCache):
         stay on the GPU, and so do their ancestors. Returns (GPU tokens freed, done)."""
         if not self.has_host_tier():
             return 0, True
-        from sglang.srt.mem_cache.unified_cache.component_type import ComponentType
-
         tracker = {ct: 0 for ct in self.tree_components}
         done = True
-        for node in list(self._path(self._live_node(self._session_last_node.get(session_id)))):
+        for node in list(self._path(session_id)):
             if node.evicted:
-                continue  # already host-only (or dropped): its ancestors may still be on GPU
-            if not self.tree_core._is_device_leaf(node):
+                continue  # already host-only (or dropped): its ancestors may still be on the GPU
+            if not upstream.is_device_leaf(self.tree_core, node):
                 # Locked by its host copy still being written: retry later. Locked by a request,
                 # or holding other paths' GPU-resident children: it stays.
                 done = node.id not in self.ongoing_write_through
                 break
             if not node.backuped:
-                self._execute_and_commit_kv_backup(self.tree_core.build_backup_kv_action(node.id))
+                upstream.write_host_copy(self, node.id)
                 done = False  # demoted on a later call, once the copy is acknowledged
                 break
-            self._demote(node.id, tracker)
+            upstream.demote(self, node.id, tracker)
         return tracker[ComponentType.FULL], done
 
-    def prefetch_session(self, session_id: str) -> int:
-        """Queue the reload of the session's host-only path to GPU (SGLang's load_back: slots
-        are allocated now, the copy runs on HiCache's load stream with the next prefill batch,
-        whose forward waits for it layer by layer). Returns tokens queued (0: nothing to load,
-        or no room on the GPU)."""
-        node = self._live_node(self._session_last_node.get(session_id))
+    def prefetch_session(self, session_id: str, headroom_tokens: int) -> Optional[int]:
+        """Reload the session's host-only path to the GPU now (SGLang's load_back, then the copy is
+        started at once rather than with the next prefill batch). Returns tokens reloaded, 0 when
+        nothing is on host only, None when the reload needs more than `headroom_tokens` (it waits)."""
+        node = self._node(self._session_last_node.get(session_id))
         if node is None or not self.has_host_tier() or not node.evicted:
             self.release_host(session_id)
             return 0
         before = self.session_host_tokens(session_id)
+        if before > headroom_tokens:
+            return None
         loaded = self.load_back(node.id)  # holds the host copy itself until the copy is done
+        if loaded:
+            self.ready_to_load_host_cache()  # start the copy now: nothing waits for a prefill batch
         self.release_host(session_id)
         return before - self.session_host_tokens(session_id) if loaded else 0
 
     def hold_host(self, session_id: str) -> bool:
         """Keep the session's host copy from host-LRU eviction until release_host (an offloaded
         session's KV lives only there)."""
-        node = self._live_node(self._session_last_node.get(session_id))
+        node = self._node(self._session_last_node.get(session_id))
         if node is None or not self.has_host_tier() or session_id in self._host_holds or not node.backuped:
             return False
         self._host_holds[session_id] = (node.id, self.inc_host_lock_ref(node.id).to_dec_params())
@@ -332,35 +322,47 @@ class AgentRadixCache(UnifiedRadixCache):
 
     def release_host(self, session_id: str) -> None:
         hold = self._host_holds.pop(session_id, None)
-        if hold is not None:
+        if hold is not None and upstream.live_node(self.tree_core, hold[0]) is not None:
             self.dec_host_lock_ref(*hold)
 
     def session_host_tokens(self, session_id: str) -> int:
         """Tokens of the session's latest path that sit only in host memory."""
-        node = self._live_node(self._session_last_node.get(session_id))
-        return sum(len(n.key) for n in self._path(node) if n.evicted and n.backuped)
+        return sum(len(n.key) for n in self._path(session_id) if n.evicted and n.backuped)
 
+    def loads_in_flight(self) -> bool:
+        return bool(getattr(self, "ongoing_load_back", None))
 
-def agent_radix_cache_factory(ctx) -> AgentRadixCache:
-    """`--radix-cache-backend agent`: SGLang's own builder with our class in place, plus the
-    session controller that the hint API drives (configured by the --agent-* args)."""
-    from sglang.srt.mem_cache.registry import create_unified_radix_cache
-
-    from sglang_agent.config import AgentServerArgs
-    from sglang_agent.controller import AgentController
-
-    args = AgentServerArgs.from_env()
-    cache_class = functools.partial(AgentRadixCache, pin_mode=args.pin_mode)
-    cache = create_unified_radix_cache(ctx, cache_class=cache_class)
-    host_tier = None
-    if cache.has_host_tier():  # --enable-hierarchical-cache
-        from sglang_agent.cache.host_tier import HiCacheHostTier
-
-        host_tier = HiCacheHostTier(cache, cache.clock, args.host_bandwidth_gbps)
-    cache.agent_controller = AgentController(cache, args, cache.clock, host_tier=host_tier)
-    cache.agent_metrics = None
-    if getattr(ctx.server_args, "enable_metrics", False):
-        from sglang_agent.server import metrics
-
-        cache.agent_metrics = metrics.attach(cache, cache.agent_controller)
-    return cache
+    # ---- integrity -----------------------------------------------------------------------------
+    def check_integrity(self) -> None:
+        """Our invariants over the tree (the property and end-to-end tests run it after every step),
+        in the spirit of SGLang's own sanity_check."""
+        counts: dict[AgentTreeNode, int] = {}
+        for session_id, nodes in self._pinned_nodes.items():
+            deadline = self._pin_deadline[session_id]
+            for node in nodes:
+                assert node.pin_deadlines.get(session_id) == deadline, (session_id, node.id)
+                counts[node] = counts.get(node, 0) + 1
+            if self.pin_mode == "hard":
+                assert session_id in self._pin_locks, f"hard pin of {session_id!r} without its lock"
+                for node in nodes:
+                    if self._device_tokens(node):
+                        assert node.lock_ref >= counts[node], f"pinned node {node.id} not locked"
+        assert set(self._pin_deadline) == set(self._pinned_nodes), "pins without nodes or nodes without pins"
+        assert set(self._pin_locks) <= set(self._pin_deadline), "a pin lock outlived its pin"
+        assert counts == self._pin_count, "pin counts out of step with the pins"
+        for node in upstream.all_nodes(self.tree_core):
+            if node is self.tree_core.root_node:
+                continue
+            for session_id, deadline in node.pin_deadlines.items():
+                assert node in self._pinned_nodes.get(session_id, ()), (session_id, node.id)
+            assert node.ttl_deadline == (max(node.pin_deadlines.values()) if node.pin_deadlines else None), node.id
+            assert node.steps_to_execution == (min(node.step_sessions.values()) if node.step_sessions else None), node.id
+            for session_id in node.step_sessions:
+                assert node in self._step_nodes.get(session_id, ()), (session_id, node.id)
+        pinned = self.pinned_tokens()
+        assert 0 <= pinned <= self.pool_tokens(), pinned
+        if self.pin_mode == "hard":
+            assert self.protected_size() >= pinned, (self.protected_size(), pinned)
+        for session_id, (node_id, _) in self._host_holds.items():
+            node = upstream.live_node(self.tree_core, node_id)
+            assert node is not None and node.backuped, f"host hold of {session_id!r} on a node without a host copy"

@@ -1,9 +1,12 @@
 """Our batched copy kernel as the copy engine of SGLang's HiCache host tier (MHA pools, layer_first
-layout, `--hicache-io-backend kernel`): one launch moves a slot list for every layer's K and V
-between the device pool and the host pool, through the pools' own address tables (for
-registered host memory these are the device-accessible addresses SGLang computed). Counts the
-bytes moved each way for /agent/stats and the Prometheus metrics.
+layout, `--hicache-io-backend kernel`), when `--agent-copy-engine triton` selects it: one launch
+moves a slot list for every layer's K and V between the device pool and the host pool, through the
+pools' own address tables (for registered host memory these are the device-accessible addresses
+SGLang computed); a load moves all layers at the first layer's call (one launch, not one per
+layer). Counts the bytes moved each way for /agent/stats and the Prometheus metrics.
 
+Upstream's engine stays the default on a GPU until the GPU kit (scripts/gpu_bench.sh) measures ours
+at least as fast; without CUDA ours is the only one (upstream's copy ops have no CPU build).
 Called from patches/hicache_copy_engine.py; `engine_applies` says when a pool is ours to copy."""
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import torch
 
 from sglang_agent.kernels import kv_transfer as kt
 
-ENGINE_ENV = "SGLANG_AGENT_COPY_ENGINE"  # "agent" (default) or "upstream"
+ENGINE_ENV = "SGLANG_AGENT_COPY_ENGINE"  # "triton" (ours) or "upstream" (default); set by the launcher
 
 
 @dataclass
@@ -36,41 +39,37 @@ def engine_applies(host_pool, io_backend: str) -> bool:
     return (
         io_backend == "kernel"
         and host_pool.layout == "layer_first"
-        and os.environ.get(ENGINE_ENV, "agent") == "agent"
+        and os.environ.get(ENGINE_ENV, "upstream") == "triton"
         and _eligible(host_pool)
     )
 
 
 def _eligible(host_pool) -> bool:
     """Rows our kernel can move: K and V rows of one size, packed device buffers (once per pool)."""
-    eligible = getattr(host_pool, "_agent_copy_eligible", None)
+    eligible = getattr(host_pool, "agent_copy_eligible", None)
     if eligible is None:
         eligible = host_pool.head_dim == host_pool.v_head_dim and all(
             b.is_contiguous() for b in (*host_pool.device_k_buffers, *host_pool.device_v_buffers))
-        host_pool._agent_copy_eligible = eligible
+        host_pool.agent_copy_eligible = eligible
     return eligible
 
 
 def _tables(host_pool) -> dict:
     """Buffers and address tables, built once per pool (they never move)."""
-    cached = getattr(host_pool, "_agent_copy_tables", None)
+    cached = getattr(host_pool, "agent_copy_tables", None)
     if cached is None:
         device_bufs = [*host_pool.device_k_buffers, *host_pool.device_v_buffers]
         host_bufs = [*host_pool.k_data_refs, *host_pool.v_data_refs]
         device_table = torch.cat([host_pool.device_k_data_ptrs, host_pool.device_v_data_ptrs]).view(torch.int64)
         host_table = torch.cat([host_pool.k_data_ptrs, host_pool.v_data_ptrs]).view(torch.int64)
-        layers = len(host_pool.device_k_buffers)
         cached = {
             "device": device_bufs,
             "host": host_bufs,
             "device_table": device_table,
             "host_table": host_table,
             "aligned": kt.all_aligned_16(device_bufs, host_bufs),
-            # per layer: its K and V, and their address tables (no indexing on the copy path)
-            "layer": [([layer, layers + layer], host_table[[layer, layers + layer]],
-                       device_table[[layer, layers + layer]]) for layer in range(layers)],
         }
-        host_pool._agent_copy_tables = cached
+        host_pool.agent_copy_tables = cached
     return cached
 
 
@@ -98,11 +97,22 @@ def backup_all_layers(host_pool, host_indices: torch.Tensor, device_indices: tor
 
 
 def load_one_layer(host_pool, host_indices: torch.Tensor, device_indices: torch.Tensor, layer_id: int) -> None:
-    """Host -> device for one layer (HiCache loads layer by layer, overlapped with the forward)."""
+    """Host -> device. HiCache calls this once per layer (the forward waits on each layer's
+    event); the first call moves every layer in one launch, so the later ones have nothing left."""
+    if layer_id != 0:
+        return
     t = _tables(host_pool)
-    pick, host_table, device_table = t["layer"][layer_id]
-    moved = _copy([t["host"][i] for i in pick], host_indices, [t["device"][i] for i in pick], device_indices,
-                  host_table, device_table, t["aligned"])
+    moved = _copy(t["host"], host_indices, t["device"], device_indices, t["host_table"], t["device_table"], t["aligned"])
     with _lock:
         COUNTERS.reloaded_bytes += moved
-        COUNTERS.reload_copies += layer_id == 0
+        COUNTERS.reload_copies += 1
+
+
+def precompile(host_pool) -> bool:
+    """Compile the kernel for this pool's rows now (at startup), not at the first write-through in
+    the middle of serving. Returns whether anything was compiled (only with CUDA)."""
+    if not torch.cuda.is_available() or not _eligible(host_pool):
+        return False
+    t = _tables(host_pool)
+    kt.precompile_copy_rows(t["device_table"], kt.row_bytes(t["device"][0]), t["aligned"])
+    return True

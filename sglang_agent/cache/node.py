@@ -1,4 +1,6 @@
-"""The agent tree node: an upstream UnifiedTreeNode plus what the agent policies need."""
+"""The agent tree node: an upstream UnifiedTreeNode plus what the agent policies need, kept so that
+reading it is O(1) however many sessions share the node (the system prompt node of 100k sessions
+costs the same as any other)."""
 
 from __future__ import annotations
 
@@ -11,16 +13,13 @@ from sglang.srt.mem_cache.unified_cache.unified_tree_core import UnifiedTreeNode
 class AgentTreeNode(UnifiedTreeNode):
     def __init__(self, tree_components: tuple[ComponentType, ...], priority: int = 0):
         super().__init__(tree_components, priority=priority)
-        # Agent sessions whose cached turns run through this node.
-        self.session_ids: set[str] = set()
-        # session id -> pinned-until (clock seconds); a node is pinned while any is live.
+        # session id -> held-until (step-clock seconds) of its pin through this node.
         self.pin_deadlines: dict[str, float] = {}
-        # KVFlow steps until some workflow needs this node again; None = unknown.
-        self.steps_to_execution: Optional[int] = None
-
-    @property
-    def ttl_deadline(self) -> Optional[float]:
-        return max(self.pin_deadlines.values()) if self.pin_deadlines else None
+        self.ttl_deadline: Optional[float] = None  # max of pin_deadlines (None: no pin)
+        # Workflow sessions only: session id -> KVFlow steps until its agent runs again.
+        self.step_sessions: dict[str, int] = {}
+        self.step_counts: dict[int, int] = {}  # steps value -> sessions with it
+        self.steps_to_execution: Optional[int] = None  # min of step_sessions (None: unknown)
 
     @property
     def device_tokens(self) -> int:
@@ -29,8 +28,44 @@ class AgentTreeNode(UnifiedTreeNode):
             return 0
         return len(self.key)
 
+    @property
+    def lock_ref(self) -> int:
+        return self.component_data[ComponentType.FULL].lock_ref
+
+    # ---- pins ----------------------------------------------------------------------------------
+    def add_pin(self, session_id: str, deadline: float) -> None:
+        old = self.pin_deadlines.get(session_id)
+        self.pin_deadlines[session_id] = deadline
+        if self.ttl_deadline is None or deadline >= self.ttl_deadline:
+            self.ttl_deadline = deadline
+        elif old is not None and old == self.ttl_deadline:
+            self.ttl_deadline = max(self.pin_deadlines.values())  # the latest pin moved earlier
+
+    def remove_pin(self, session_id: str) -> None:
+        deadline = self.pin_deadlines.pop(session_id, None)
+        if deadline is not None and deadline == self.ttl_deadline:
+            self.ttl_deadline = max(self.pin_deadlines.values()) if self.pin_deadlines else None
+
+    # ---- steps ---------------------------------------------------------------------------------
+    def set_steps(self, session_id: str, steps: Optional[int]) -> None:
+        """Record (or with None, drop) one workflow session's steps. The minimum comes from a count
+        per distinct value (few: at most a workflow's length), not from every session's entry."""
+        old = self.step_sessions.pop(session_id, None)
+        if old is not None:
+            left = self.step_counts[old] - 1
+            if left:
+                self.step_counts[old] = left
+            else:
+                del self.step_counts[old]
+        if steps is not None:
+            self.step_sessions[session_id] = steps
+            self.step_counts[steps] = self.step_counts.get(steps, 0) + 1
+        self.steps_to_execution = min(self.step_counts) if self.step_counts else None
+
     def inherit_agent_state(self, child: "AgentTreeNode") -> None:
         """A split puts this node above `child`: every path through the child runs through it."""
-        self.session_ids = set(child.session_ids)
         self.pin_deadlines = dict(child.pin_deadlines)
+        self.ttl_deadline = child.ttl_deadline
+        self.step_sessions = dict(child.step_sessions)
+        self.step_counts = dict(child.step_counts)
         self.steps_to_execution = child.steps_to_execution

@@ -2,9 +2,9 @@
 
 When a turn ends in a tool call, its KV can stay pinned on the GPU (Continuum's TTL), move to
 host memory for the duration of the tool and come back just before the tool returns, or be
-dropped. Offload wins when the tool is expected to run well past the time a reload takes (the
-GPU memory is free for others meanwhile and the prefix still costs no recompute) and host
-memory has room; otherwise the TTL decision stands. The reload is scheduled at the predicted
+dropped. Offload wins when other requests need the GPU memory, the tool is expected to run well
+past the time a reload takes (the memory is free for them meanwhile and the prefix still costs
+no recompute) and host memory has room; otherwise the TTL decision stands. The reload is scheduled at the predicted
 return minus the reload time; a tool_end that comes earlier triggers it at once.
 """
 
@@ -17,6 +17,7 @@ from typing import Optional, Sequence
 from sglang_agent.policy.ttl import EvictionCost, TTLDecision
 
 PIN, OFFLOAD, DROP = "pin", "offload", "drop"
+REQUESTS_WAITING, POOL_ABOVE_WATERMARK = "requests_waiting", "pool_above_watermark"
 # Offload only when the tool is expected to outlast the reload by this factor (copy out and
 # back both cost PCIe time, and a prediction error on a short tool turns into a stall).
 OFFLOAD_MIN_RATIO = 2.0
@@ -30,6 +31,16 @@ class TemporalDecision:
     reason: str
 
 
+def memory_pressure(waiting_requests: int, free_tokens: int, pool_tokens: int, watermark: float) -> Optional[str]:
+    """Why the GPU needs memory now, or None: requests wait for it, or the share of the pool that
+    is neither free nor evictable is at the watermark."""
+    if waiting_requests > 0:
+        return REQUESTS_WAITING
+    if pool_tokens > 0 and 1.0 - free_tokens / pool_tokens >= watermark:
+        return POOL_ABOVE_WATERMARK
+    return None
+
+
 def predicted_return_s(durations_s: Sequence[float]) -> float:
     """The median duration: robust to the long tail that makes the mean overshoot."""
     return statistics.median(durations_s) if durations_s else 0.0
@@ -40,15 +51,20 @@ def decide_placement(
     cost: EvictionCost,
     ttl: TTLDecision,
     host_room: bool,
-    max_ttl_s: float,
+    max_host_keep_s: float,
+    memory_pressure: Optional[str],
 ) -> TemporalDecision:
+    """Offload only when the GPU needs the memory (`memory_pressure` names why: requests waiting,
+    or the pool above its watermark) and the tool outlasts the reload; otherwise the TTL decision
+    stands. The host copy is kept past the predicted return (twice it, at least the TTL), up to
+    `max_host_keep_s`, not capped at the pin TTL: a 5-minute tool is still brought back."""
     expected = predicted_return_s(durations_s)
     reload = cost.reload_s
-    if host_room and reload is not None and reload < cost.recompute_s and expected >= OFFLOAD_MIN_RATIO * reload:
-        # Keep the host copy as long as a pin could have lasted, at least past the predicted return.
-        keep = min(max_ttl_s, max(ttl.ttl_s, 2.0 * expected))
+    if (memory_pressure and host_room and reload is not None and reload < cost.recompute_s
+            and expected >= OFFLOAD_MIN_RATIO * reload):
+        keep = min(max_host_keep_s, max(ttl.ttl_s, 2.0 * expected))
         return TemporalDecision(OFFLOAD, keep, max(0.0, expected - reload),
-                                f"tool ~{expected:.2f} s outlasts a {reload:.3f} s reload")
+                                f"{memory_pressure}: tool ~{expected:.2f} s outlasts a {reload:.3f} s reload")
     if ttl.ttl_s > 0:
         return TemporalDecision(PIN, ttl.ttl_s, None, ttl.reason)
     return TemporalDecision(DROP, 0.0, None, ttl.reason)

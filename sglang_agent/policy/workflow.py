@@ -14,6 +14,11 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 
+# Steps of an agent no live workflow runs again: ranks after every node under LRU (KVFlow evicts
+# such prefixes first); finite so that it still orders by the pace like any other steps value.
+NEVER_AGAIN = 1_000_000_000
+
+
 class WorkflowError(ValueError):
     """A workflow definition or step that contradicts itself."""
 
@@ -166,3 +171,26 @@ def node_steps(per_session: dict[str, int], session_ids) -> Optional[int]:
     """A shared prefix is needed as soon as its soonest user: min over its sessions' steps."""
     known = [per_session[s] for s in session_ids if s in per_session]
     return min(known) if known else None
+
+
+@dataclass
+class WorkflowPace:
+    """How many tree accesses (SGLang's logical LRU clock) one workflow step takes, learned from
+    the steps clients report: what turns steps-to-execution into an eviction rank comparable with
+    LRU ages (policy/eviction.py). None until two steps of one workflow were seen."""
+
+    smoothing: float = 0.2  # weight of the newest step interval
+    accesses_per_step: Optional[float] = None
+    _last: dict = field(default_factory=dict)  # workflow id -> counter at its latest step
+
+    def observe_step(self, workflow_id: str, lru_now: float) -> None:
+        last = self._last.get(workflow_id)
+        self._last[workflow_id] = lru_now
+        if last is None or lru_now <= last:
+            return
+        delta = lru_now - last
+        prev = self.accesses_per_step
+        self.accesses_per_step = delta if prev is None else (1 - self.smoothing) * prev + self.smoothing * delta
+
+    def forget(self, workflow_id: str) -> None:
+        self._last.pop(workflow_id, None)

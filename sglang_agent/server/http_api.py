@@ -4,44 +4,128 @@ Routes: POST /agent/tool_start, /agent/tool_end, /agent/session/close, /agent/wo
 /agent/workflow/step; GET /agent/stats.
 Inline: an `agent` object in the body of /generate, /v1/chat/completions or /v1/completions
 (the OpenAI client's `extra_body`) binds that request to a session, optionally declaring that
-the turn ends in a tool call. Bad hints get a 4xx with a JSON reason and change no state."""
+the turn ends in a tool call. Bad hints get a 4xx with a JSON reason and change no state.
+
+Hints travel to the scheduler on the socket requests take (so a bind is there before its
+request), many at once: each carries an id its answer comes back with (`HintChannel`). With
+`--dp-size > 1` a session belongs to one DP rank (a stable hash of its id): its requests are
+routed there (SGLang's `routed_dp_rank`) and its hints go only there."""
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 import json
 import uuid
+import zlib
+from typing import Optional
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from sglang_agent.server import hints
-from sglang_agent.server.messages import AgentHintReqInput
+from sglang_agent import hints, upstream
+from sglang_agent.server.messages import SESSION_HINT_KINDS, AgentHintReqInput, AgentHintReqOutput
 
 INLINE_PATHS = ("/generate", "/v1/chat/completions", "/v1/completions")
+HINT_TIMEOUT_S = 60.0
 
 
-def _tokenizer_manager():
+class HintChannel:
+    """Many hints in flight between the HTTP process and the scheduler(s); answers matched by id."""
+
+    def __init__(self, tokenizer_manager, dp_size: int):
+        self.tokenizer_manager = tokenizer_manager
+        self.dp_size = max(1, dp_size)
+        self.ids = itertools.count(1)
+        self.pending: dict[int, tuple[asyncio.Future, list, int]] = {}
+        upstream.add_tokenizer_result_handler(tokenizer_manager, AgentHintReqOutput, self.on_answer)
+
+    def dp_rank(self, session_id: Optional[str]) -> int:
+        if self.dp_size == 1 or not session_id:
+            return -1
+        return zlib.crc32(session_id.encode()) % self.dp_size
+
+    def send(self, kind: str, body: dict, rid: Optional[str] = None) -> asyncio.Future:
+        session_id = body.get("session_id") if isinstance(body, dict) else None
+        dp_rank = self.dp_rank(session_id) if kind in SESSION_HINT_KINDS else -1
+        hint_id = next(self.ids)
+        future = asyncio.get_running_loop().create_future()
+        self.pending[hint_id] = (future, [], 1 if dp_rank >= 0 or self.dp_size == 1 else self.dp_size)
+        self.tokenizer_manager.auto_create_handle_loop()
+        upstream.send_to_scheduler(self.tokenizer_manager, AgentHintReqInput(
+            rid=rid, kind=kind, body_json=json.dumps(body), hint_id=hint_id, dp_rank=dp_rank))
+        return future
+
+    def on_answer(self, out: AgentHintReqOutput) -> None:
+        entry = self.pending.get(out.hint_id)
+        if entry is None:
+            return
+        future, answers, expected = entry
+        answers.append(out)
+        if len(answers) >= expected:
+            del self.pending[out.hint_id]
+            if not future.done():
+                future.set_result(answers)
+
+    async def call(self, kind: str, body: dict, rid: Optional[str] = None) -> tuple[int, dict]:
+        future = self.send(kind, body, rid)
+        try:
+            answers = await asyncio.wait_for(future, HINT_TIMEOUT_S)
+        except asyncio.TimeoutError:
+            return 504, {"error": f"the scheduler did not answer the {kind} hint within {HINT_TIMEOUT_S:.0f} s",
+                         "status": 504}
+        return merge_answers(kind, answers)
+
+
+def merge_answers(kind: str, answers: list[AgentHintReqOutput]) -> tuple[int, dict]:
+    """One answer per DP rank that got the hint: the worst status wins; stats are summed."""
+    worst = max(answers, key=lambda out: out.status)
+    if kind != "stats" or len(answers) == 1 or worst.status != 200:
+        return worst.status, json.loads(worst.body_json)
+    return 200, sum_stats([json.loads(a.body_json) for a in answers])
+
+
+def sum_stats(snapshots: list[dict]) -> dict:
+    """/agent/stats over DP ranks: counts add up; ratios and labels are recomputed or taken once."""
+    total: dict = {}
+    for snap in snapshots:
+        for key, value in snap.items():
+            if isinstance(value, bool) or not isinstance(value, (int, float, dict)):
+                total.setdefault(key, value)
+            elif isinstance(value, dict):
+                total[key] = sum_stats([total.get(key, {}), value]) if key in total else dict(value)
+            else:
+                total[key] = total.get(key, 0) + value
+    if total.get("resumed_turns"):
+        total["hit_rate_after_tool_calls"] = total["resumed_turns_with_hit"] / total["resumed_turns"]
+    total["dp_ranks"] = len(snapshots)
+    return total
+
+
+def channel() -> HintChannel:
     from sglang.srt.entrypoints.http_server import get_global_state
 
-    return get_global_state().tokenizer_manager
-
-
-async def send_hint(kind: str, body: dict, rid: str | None = None) -> tuple[int, dict]:
-    manager = _tokenizer_manager()
-    manager.auto_create_handle_loop()
-    outputs = await manager.agent_hint_communicator.queueing_call(
-        AgentHintReqInput(rid=rid, kind=kind, body_json=json.dumps(body))
-    )
-    # Every DP rank answers the same way; an error from any of them wins.
-    worst = max(outputs, key=lambda out: out.status)
-    return worst.status, json.loads(worst.body_json)
+    return get_global_state().tokenizer_manager.agent_hint_channel
 
 
 async def _read_json(request: Request):
+    raw = await request.body()
+    if len(raw) > hints.MAX_HINT_BODY_BYTES:
+        raise hints.HintError(413, f"hint body of {len(raw)} bytes is more than {hints.MAX_HINT_BODY_BYTES}")
+    return parse_json(raw)
+
+
+def parse_json(raw: bytes):
+    """JSON that cannot hurt us: malformed, too deep, or numbers too long are a HintError(400)."""
     try:
-        return await request.json()
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        value = json.loads(raw)
+    except RecursionError:
+        raise hints.HintError(400, "malformed JSON body: nested too deeply") from None
+    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError, an integer of thousands of digits
         raise hints.HintError(400, f"malformed JSON body: {e}") from None
+    if hints.json_depth_exceeds(value):
+        raise hints.HintError(400, f"JSON body nested deeper than {hints.MAX_JSON_DEPTH} levels")
+    return value
 
 
 def _route(kind: str, parse):
@@ -51,7 +135,7 @@ def _route(kind: str, parse):
             parse(body)  # validate before anything crosses to the scheduler
         except hints.HintError as e:
             return JSONResponse(e.to_body(), status_code=e.status)
-        status, answer = await send_hint(kind, body)
+        status, answer = await channel().call(kind, body)
         return JSONResponse(answer, status_code=status)
 
     return endpoint
@@ -69,15 +153,7 @@ def add_routes(app) -> None:
     app.add_middleware(InlineHintMiddleware)
 
 
-def _single_request_rid(path: str, payload: dict) -> str:
-    """The request id the bind refers to; inline hints describe exactly one request."""
-    if path == "/generate":
-        if isinstance(payload.get("text"), list) or (
-            isinstance(payload.get("input_ids"), list) and payload["input_ids"] and isinstance(payload["input_ids"][0], list)
-        ):
-            raise hints.HintError(400, "agent hints apply to a single request, not a batch")
-    elif int(payload.get("n") or 1) != 1:
-        raise hints.HintError(400, "agent hints apply to a single completion (n=1)")
+def _request_rid(payload: dict) -> str:
     rid = payload.get("rid")
     if rid is None:
         return uuid.uuid4().hex
@@ -87,7 +163,11 @@ def _single_request_rid(path: str, payload: dict) -> str:
 
 
 class InlineHintMiddleware:
-    """Pure ASGI middleware: strips `agent` from inference bodies after binding the request."""
+    """Pure ASGI middleware on the inference routes: refuses bodies that would make SGLang answer
+    500 (malformed `n`, JSON too deep or numbers too long), and binds a request that carries an
+    `agent` object to its session (the object is stripped before SGLang sees the body). When the
+    exchange is over, a bound request the scheduler never received (SGLang refused it, or the
+    client went away first) is dropped: no session waits for it forever."""
 
     def __init__(self, app):
         self.app = app
@@ -101,19 +181,34 @@ class InlineHintMiddleware:
             chunks.append(message.get("body", b""))
             more = message.get("more_body", False)
         raw = b"".join(chunks)
-        forwarded, bound_rid = raw, None
+        forwarded, bound_rid, hint_body = raw, None, None
         try:
-            payload = json.loads(raw) if raw else None
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            payload = None  # not ours to judge: SGLang answers malformed bodies itself
+            payload = parse_json(raw) if raw else None
+            if isinstance(payload, dict):
+                hints.check_inference_body(scope["path"], payload, with_agent="agent" in payload)
+        except hints.HintError as e:
+            return await JSONResponse(e.to_body(), status_code=e.status)(scope, receive, send)
         if isinstance(payload, dict) and "agent" in payload:
+            hub = channel()
             try:
                 hint_body = payload.pop("agent")
-                hints.parse_inline(hint_body)
-                rid = _single_request_rid(scope["path"], payload)
+                hint = hints.parse_inline(hint_body)
+                rid = _request_rid(payload)
+                dp_rank = hub.dp_rank(hint.session_id)
+                if dp_rank >= 0:
+                    if payload.get("routed_dp_rank") not in (None, dp_rank):
+                        raise hints.HintError(400, f"session {hint.session_id!r} lives on DP rank {dp_rank}, "
+                                                   f"not {payload['routed_dp_rank']}")
+                    payload["routed_dp_rank"] = dp_rank
             except hints.HintError as e:
                 return await JSONResponse(e.to_body(), status_code=e.status)(scope, receive, send)
-            status, answer = await send_hint("bind", hint_body, rid=rid)
+            if dp_rank >= 0 and hint.workflow_step is not None:
+                # Workflows live on every DP rank; the step goes to all of them, the bind to one.
+                step = hint_body.pop("workflow_step")
+                status, answer = await hub.call("workflow_step", step)
+                if status != 200:
+                    return await JSONResponse(answer, status_code=status)(scope, receive, send)
+            status, answer = await hub.call("bind", hint_body, rid=rid)
             if status != 200:
                 return await JSONResponse(answer, status_code=status)(scope, receive, send)
             payload["rid"] = bound_rid = rid
@@ -128,20 +223,12 @@ class InlineHintMiddleware:
                 return {"type": "http.request", "body": forwarded, "more_body": False}
             return await receive()
 
-        rejected = False
-
-        async def watch(message):
-            # A bound request that SGLang refuses (too long, bad sampling params...) never
-            # reaches the scheduler's tree: unbind it, or its session would wait for it forever.
-            nonlocal rejected
-            if message["type"] == "http.response.start" and message["status"] >= 400:
-                rejected = True
-            await send(message)
-
         headers = [(k, v) for k, v in scope["headers"] if k != b"content-length"]
         headers.append((b"content-length", str(len(forwarded)).encode()))
         try:
-            await self.app({**scope, "headers": headers}, replay, watch if bound_rid else send)
+            await self.app({**scope, "headers": headers}, replay, send)
         finally:
-            if rejected and bound_rid:
-                await send_hint("unbind", {}, rid=bound_rid)
+            if bound_rid:
+                # Whatever the outcome (answered, refused, client gone): if the scheduler never got the
+                # request, the session stops waiting for it. Not awaited; applied in order after it.
+                channel().send("gone", {"session_id": hint_body.get("session_id")}, rid=bound_rid)

@@ -9,11 +9,22 @@ from sglang.srt.managers.io_struct import BaseReq
 class AgentHintReqInput(BaseReq, kw_only=True):
     kind: str  # one of HINT_KINDS
     body_json: str
+    hint_id: int = 0  # matches the answer to its caller: many hints are in flight at once
+    dp_rank: int = -1  # the DP rank of the hint's session; -1: every rank (stats, workflows)
 
 
 class AgentHintReqOutput(BaseReq, kw_only=True):
     status: int
     body_json: str
+    hint_id: int = 0
 
 
-HINT_KINDS = ("bind", "tool_start", "tool_end", "close", "workflow", "workflow_step", "stats")
+class AgentStepTick(BaseReq, kw_only=True):
+    """The step clock's time, read on TP rank 0 and carried to every rank with that step's inputs."""
+
+    now_s: float
+
+
+HINT_KINDS = ("bind", "unbind", "gone", "tool_start", "tool_end", "close", "workflow", "workflow_step", "stats")
+# Hints about one session (routed to that session's DP rank); the others go to every rank.
+SESSION_HINT_KINDS = ("bind", "unbind", "gone", "tool_start", "tool_end", "close", "workflow_step")

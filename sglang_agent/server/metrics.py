@@ -1,8 +1,9 @@
 """Agent metrics in SGLang's Prometheus registry, named like SGLang's own (`sglang:agent_*`,
 counters get `_total`), with the labels SGLang gives its radix-cache metrics. They are exported
 by SGLang's /metrics when the server runs with --enable-metrics. The values are the ones
-/agent/stats shows (the controller's snapshot), pushed after every hint and finished agent turn,
-and at most once a second from the scheduler loop while the host tier works."""
+/agent/stats shows (the controller's snapshot), pushed after every hint and at most once a second
+from the scheduler's step clock. Only TP rank 0 of each DP rank reports (the TP ranks hold the
+same state; reporting from each would multiply every counter by the TP size)."""
 
 from __future__ import annotations
 
@@ -21,6 +22,15 @@ COUNTERS = {
     "copy_engine_bytes_to_gpu": ("sglang:agent_host_reloaded_bytes", "Bytes our copy engine moved host -> GPU."),
     "prefetch_hits": ("sglang:agent_prefetch_hits", "Offloaded sessions whose KV was reloaded before the next turn."),
     "prefetch_misses": ("sglang:agent_prefetch_misses", "Offloaded sessions whose next turn came before the reload."),
+    "pins_displaced": ("sglang:agent_pins_displaced", "Pins released early: for a new pin, the running batch's decode, or admission."),
+    "pins_released_for_decode": ("sglang:agent_pins_released_for_decode",
+                                 "Pins released so the running batch could decode without a retraction."),
+    "pins_expired_before_tool_end": ("sglang:agent_pins_expired_before_tool_end", "Pins whose TTL ran out before the tool returned."),
+    "offloads_for_waiting_requests": ("sglang:agent_offloads_for_waiting_requests", "Offloads made because requests waited for memory."),
+    "offloads_for_pool_watermark": ("sglang:agent_offloads_for_pool_watermark", "Offloads made because the pool was above its watermark."),
+    "turns_dropped": ("sglang:agent_turns_dropped", "Bound requests that left without finishing (aborted, refused)."),
+    "sessions_forgotten": ("sglang:agent_sessions_forgotten", "Sessions forgotten after --agent-session-idle-s without activity."),
+    "internal_errors": ("sglang:agent_internal_errors", "Exceptions in sglang-agent's callbacks (the session's state was dropped)."),
     "workflow_prefetched_tokens": ("sglang:agent_workflow_prefetched_tokens",
                                    "Tokens of next workflow agents' prefixes reloaded from host ahead of time."),
     "resumed_turns": ("sglang:agent_resumed_turns", "Agent turns that followed a tool call."),
@@ -66,15 +76,12 @@ class AgentMetrics:
             self.push()
 
 
-def attach(cache, controller) -> AgentMetrics:
-    """Create the metrics for a server cache and wire their pushes (hints push from
-    scheduler_side.py)."""
+def attach(cache, backend) -> AgentMetrics:
+    """Create the metrics for a server cache; backend.py pushes them (after hints, and from the
+    step clock at most once a second)."""
     from sglang.srt.layers.dp_attention import is_dp_attention_enabled
     from sglang.srt.observability.metrics_collector import radix_cache_metric_labels
     from sglang.srt.runtime_context import get_parallel
 
     labels = radix_cache_metric_labels(type(cache).__name__, get_parallel(), is_dp_attention_enabled())
-    metrics = AgentMetrics({k: str(v) for k, v in labels.items()}, controller.snapshot, cache.clock)
-    cache.turn_listeners.append(lambda req, checkpointed: metrics.push())
-    cache.step_listeners.append(metrics.maybe_push)
-    return metrics
+    return AgentMetrics({k: str(v) for k, v in labels.items()}, backend.snapshot, backend.clock)

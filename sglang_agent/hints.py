@@ -1,5 +1,9 @@
 """Hint payloads: parsing and validation (pure). A bad hint raises HintError, which the HTTP
-layer turns into a 4xx with a JSON reason before anything reaches the scheduler."""
+layer turns into a 4xx with a JSON reason before anything reaches the scheduler.
+
+Also the checks our server makes on inference bodies before SGLang sees them
+(`check_inference_body`): malformed `n`, batches carrying an `agent` object, and the limits
+on what one hint may make the scheduler hold (`MAX_WORKFLOW_*`: 413 above them)."""
 
 from __future__ import annotations
 
@@ -10,6 +14,14 @@ from typing import Any, Optional
 MAX_ID_CHARS = 256
 # A declared tool duration beyond a day is a client bug, not a plan.
 MAX_DECLARED_DURATION_S = 86_400.0
+# What one workflow declaration may hold in the scheduler (documented in the README; 413 above).
+# The steps computation is O(agents + edges) per step, on the scheduler thread.
+MAX_WORKFLOW_AGENTS = 1024
+MAX_WORKFLOW_EDGES = 16_384
+MAX_WORKFLOW_SCHEDULE = 16_384
+# Bodies of /agent/* routes and JSON nesting of inference bodies our middleware parses.
+MAX_HINT_BODY_BYTES = 1 << 20
+MAX_JSON_DEPTH = 64
 
 
 class HintError(Exception):
@@ -149,6 +161,8 @@ def parse_workflow(body: Any) -> WorkflowDef:
     raw_agents = body.get("agents")
     if not isinstance(raw_agents, list) or not raw_agents:
         raise HintError(400, "workflow: 'agents' must be a non-empty list")
+    if len(raw_agents) > MAX_WORKFLOW_AGENTS:
+        raise HintError(413, f"workflow: {len(raw_agents)} agents is more than the limit of {MAX_WORKFLOW_AGENTS}")
     agents = []
     for i, raw in enumerate(raw_agents):
         raw = _require_object(raw, f"workflow.agents[{i}]")
@@ -169,7 +183,64 @@ def parse_workflow(body: Any) -> WorkflowDef:
             isinstance(e, list) and len(e) == 2 and all(isinstance(x, str) for x in e) for e in raw_edges
         ):
             raise HintError(400, "workflow: 'edges' must be a list of [from_agent, to_agent] pairs")
+        if len(raw_edges) > MAX_WORKFLOW_EDGES:
+            raise HintError(413, f"workflow: {len(raw_edges)} edges is more than the limit of {MAX_WORKFLOW_EDGES}")
         edges = tuple((a, b) for a, b in raw_edges)
     else:
         schedule = tuple(_id_list(body["schedule"], "workflow: 'schedule'"))
+        if len(schedule) > MAX_WORKFLOW_SCHEDULE:
+            raise HintError(413, f"workflow: a schedule of {len(schedule)} steps is more than the limit of "
+                                 f"{MAX_WORKFLOW_SCHEDULE}")
     return WorkflowDef(workflow_id, tuple(agents), edges, schedule, dag)
+
+
+# ---- inference bodies ---------------------------------------------------------------------------
+def json_depth_exceeds(value: Any, limit: int = MAX_JSON_DEPTH) -> bool:
+    """Whether `value` nests deeper than `limit` (iterative: no recursion to blow)."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, (dict, list)):
+            if depth > limit:
+                return True
+            stack.extend((child, depth + 1) for child in (item.values() if isinstance(item, dict) else item))
+    return False
+
+
+def _count(value: Any, where: str) -> int:
+    """`n` (and sampling_params.n): a positive integer or absent, nothing else."""
+    if value is None:
+        return 1
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise HintError(400, f"'{where}' must be a positive integer, got {type(value).__name__}")
+    if not 1 <= value <= 128:
+        raise HintError(400, f"'{where}' must be between 1 and 128, got {value}")
+    return value
+
+
+def _is_batch_prompt(value: Any) -> bool:
+    """A list of prompts (strings or token lists); a flat list of token ids is one prompt."""
+    return isinstance(value, list) and bool(value) and not all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+
+
+def check_inference_body(path: str, payload: dict, with_agent: bool) -> None:
+    """What our server refuses in a /generate, /v1/chat/completions or /v1/completions body
+    before SGLang sees it (400): `n` that is not a positive integer; with an `agent` object,
+    anything that makes more than one request (batches, n > 1), since a hint describes one."""
+    sampling = payload.get("sampling_params")
+    n = _count(payload.get("n"), "n")
+    if isinstance(sampling, dict):
+        n = max(n, _count(sampling.get("n"), "sampling_params.n"))
+    if not with_agent:
+        return
+    if path == "/generate":
+        batch = _is_batch_prompt(payload.get("text")) or _is_batch_prompt(payload.get("input_ids")) or isinstance(
+            sampling, list)
+    elif path == "/v1/completions":
+        batch = _is_batch_prompt(payload.get("prompt"))
+    else:
+        batch = False
+    if batch:
+        raise HintError(400, "agent hints apply to a single request, not a batch")
+    if n != 1:
+        raise HintError(400, "agent hints apply to a single completion (n=1)")

@@ -1,0 +1,155 @@
+"""Declared multi-agent workflows (KVFlow): which session holds each agent's prefix, the steps until
+each agent runs again, and what to tell the cache and the host tier when they change."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Callable, Optional
+
+from sglang_agent.controller.ports import HostTier, SessionKV
+from sglang_agent.hints import HintError, WorkflowDef, WorkflowStep
+from sglang_agent.policy.workflow import NEVER_AGAIN, UnknownAgentError, Workflow, WorkflowError, WorkflowPace
+
+MAX_ENDED_WORKFLOWS_REMEMBERED = 4096
+
+
+class WorkflowRegistry:
+    def __init__(self, kv: SessionKV, host_tier: Optional[HostTier], pace: WorkflowPace,
+                 clock: Callable[[], float], session_exists: Callable[[str], bool]):
+        self.kv = kv
+        self.session_exists = session_exists
+        self.host_tier = host_tier
+        self.pace = pace
+        self.clock = clock
+        self.workflows: dict[str, Workflow] = {}
+        self.steps: dict[str, dict[str, Optional[int]]] = {}  # workflow -> its agents' current steps
+        self.last_active: dict[str, float] = {}  # workflow -> step-clock time of its latest hint
+        # (workflow id, agent id) -> session whose cached turns are that agent's prefix, and back
+        self.agent_sessions: dict[tuple[str, str], str] = {}
+        self.session_roles: dict[str, set[tuple[str, str]]] = {}
+        # Ids of ended workflows (bounded): a later step gets 409 "ended", not 404.
+        self.ended: OrderedDict[str, None] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self.workflows)
+
+    def declare(self, definition: WorkflowDef) -> dict:
+        if definition.workflow_id in self.workflows:
+            raise HintError(409, f"workflow {definition.workflow_id!r} is already declared")
+        agent_ids = [a.agent_id for a in definition.agents]
+        sessions = [a.session_id for a in definition.agents]
+        if len(set(sessions)) != len(sessions):
+            raise HintError(400, "workflow: two agents share one session_id")
+        try:
+            if definition.schedule is not None:
+                workflow = Workflow.from_schedule(definition.workflow_id, agent_ids, list(definition.schedule))
+            else:
+                workflow = Workflow.from_graph(definition.workflow_id, agent_ids, list(definition.edges), definition.dag)
+        except WorkflowError as e:
+            raise HintError(400, f"workflow: {e}") from None
+        self.workflows[workflow.workflow_id] = workflow
+        self.ended.pop(workflow.workflow_id, None)
+        for agent in definition.agents:
+            role = (workflow.workflow_id, agent.agent_id)
+            self.agent_sessions[role] = agent.session_id
+            self.session_roles.setdefault(agent.session_id, set()).add(role)
+        return {"workflow_id": workflow.workflow_id, "steps_to_execution": self._push(workflow)}
+
+    def check_step(self, step: WorkflowStep) -> Workflow:
+        """The workflow `step` may advance; raises HintError (nothing changes) otherwise."""
+        workflow = self.workflows.get(step.workflow_id)
+        if workflow is None and step.workflow_id in self.ended:
+            raise HintError(409, f"workflow {step.workflow_id!r} has ended")
+        if workflow is None:
+            raise HintError(404, f"unknown workflow {step.workflow_id!r}: declare it with POST /agent/workflow")
+        try:
+            workflow.check_step(step.agent_id)
+        except UnknownAgentError as e:
+            raise HintError(404, str(e)) from None
+        except WorkflowError as e:
+            raise HintError(409, str(e)) from None
+        return workflow
+
+    def step(self, step: WorkflowStep) -> dict:
+        workflow = self.check_step(step)
+        workflow.advance(step.agent_id)
+        self.pace.observe_step(workflow.workflow_id, self.kv.access_clock())
+        return {"workflow_id": step.workflow_id, "steps_to_execution": self._push(workflow)}
+
+    def turn_ended(self, session_id: str) -> None:
+        """A turn of `session_id` finished with no tool call to follow: a workflow whose last agent
+        that was is over, and none of its prefixes is needed again by it."""
+        for wf_id, agent_id in list(self.session_roles.get(session_id, ())):
+            workflow = self.workflows[wf_id]
+            if workflow.current == agent_id and workflow.at_last_step:
+                workflow.end()
+                self._forget(workflow)
+
+    def session_gone(self, session_id: str) -> None:
+        """The session was closed or forgotten: a workflow none of whose sessions is left ends."""
+        for wf_id, _ in list(self.session_roles.get(session_id, ())):
+            workflow = self.workflows.get(wf_id)
+            if workflow is None:
+                continue
+            others = [self.agent_sessions[(wf_id, a)] for a in workflow.agents]
+            if all(s == session_id or not self.session_exists(s) for s in others):
+                workflow.end()
+                self._forget(workflow)
+
+    def forget_idle(self, now: float, idle_s: float) -> int:
+        """Workflows with no step for `idle_s` and no live session are dropped (bounded state)."""
+        stale = [wf_id for wf_id, t in self.last_active.items() if now - t > idle_s and not any(
+            self.session_exists(self.agent_sessions[(wf_id, a)]) for a in self.workflows[wf_id].agents)]
+        for wf_id in stale:
+            self._forget(self.workflows[wf_id])
+        return len(stale)
+
+    # ---- internals -----------------------------------------------------------------------------
+    def _push(self, workflow: Workflow) -> dict[str, Optional[int]]:
+        """Give the cache the new steps of this workflow's agent sessions."""
+        steps = workflow.steps_to_execution()
+        self.steps[workflow.workflow_id] = steps
+        self.last_active[workflow.workflow_id] = self.clock()
+        sessions = {self.agent_sessions[(workflow.workflow_id, agent)] for agent in workflow.agents}
+        self._push_sessions(sessions)
+        return steps
+
+    def _push_sessions(self, sessions) -> None:
+        """A session serving in several live workflows is needed as soon as the soonest needs it; one
+        no live workflow needs again ranks last (KVFlow: evicted first); one in no workflow any more
+        is an ordinary node again (None: upstream's LRU order)."""
+        per_session: dict[str, Optional[int]] = {}
+        for session_id in sessions:
+            roles = self.session_roles.get(session_id)
+            if not roles:
+                per_session[session_id] = None
+                continue
+            values = [self.steps[wf][a] for wf, a in roles]
+            per_session[session_id] = min((v for v in values if v is not None), default=NEVER_AGAIN)
+        self.kv.set_session_steps(per_session)
+        if self.host_tier is not None:
+            # The agents due now or next should find their prefixes on the GPU (KVFlow prefetch).
+            for session_id, value in per_session.items():
+                if value is not None and value <= 1:
+                    self.host_tier.prefetch_prefix(session_id)
+
+    def _forget(self, workflow: Workflow) -> None:
+        """An ended workflow leaves no state behind but its id (for a clear 409)."""
+        wf_id = workflow.workflow_id
+        del self.workflows[wf_id]
+        self.steps.pop(wf_id, None)
+        self.last_active.pop(wf_id, None)
+        self.pace.forget(wf_id)
+        sessions = set()
+        for agent in workflow.agents:
+            role = (wf_id, agent)
+            session_id = self.agent_sessions.pop(role)
+            sessions.add(session_id)
+            roles = self.session_roles[session_id]
+            roles.discard(role)
+            if not roles:
+                del self.session_roles[session_id]
+        self._push_sessions(sessions)
+        self.ended[wf_id] = None
+        while len(self.ended) > MAX_ENDED_WORKFLOWS_REMEMBERED:
+            self.ended.popitem(last=False)
