@@ -37,6 +37,7 @@ class ReplayTurn:
     cached_tokens: int
     ttl_s: Optional[float] = None
     pinned_tokens: Optional[int] = None
+    expected_benefit_s: Optional[float] = None  # the TTL policy's price of keeping the KV
 
 
 @dataclass
@@ -90,6 +91,7 @@ async def replay_program(http, url: str, program: Program, start: float, time_sc
                 "expected_duration_s": turn.tool_duration_s * time_scale}) as answer:
                 decision = await answer.json()
                 record.ttl_s, record.pinned_tokens = decision.get("ttl_s"), decision.get("pinned_tokens")
+                record.expected_benefit_s = decision.get("expected_benefit_s")
         await asyncio.sleep(turn.tool_duration_s * time_scale)
     result.programs[program.program_id] = time.perf_counter() - arrived
     if hints:

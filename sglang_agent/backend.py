@@ -29,6 +29,9 @@ logger = logging.getLogger(__name__)
 FAULT_ENV = "SGLANG_AGENT_FAULT_INJECT"
 # After this many consecutive failures of one entry point, agent behaviour stops (upstream's remains).
 MAX_CONSECUTIVE_FAILURES = 3
+# Tests: run check_integrity() of the cache and the controller after every hint and request event
+# (a violation counts as an internal error, visible in /agent/stats).
+CHECK_ENV = "SGLANG_AGENT_CHECK_INTEGRITY"
 
 
 class InjectedFault(RuntimeError):
@@ -47,6 +50,7 @@ class AgentBackend(RequestListener):
         self._faults = {f.strip() for f in os.environ.get(FAULT_ENV, "").split(",") if f.strip()}
         self._logged: set[tuple[str, str]] = set()
         self._consecutive: dict[str, int] = {}
+        self._check = os.environ.get(CHECK_ENV) == "1"
         cache.listener = self
 
     # ---- the guard -------------------------------------------------------------------------------
@@ -122,6 +126,7 @@ class AgentBackend(RequestListener):
         if answer is _INTERNAL:
             return 500, {"error": f"internal error in the {kind} hint; the session's agent state was dropped",
                          "status": 500}
+        self._checked()
         if self.metrics is not None:
             self._guard("metrics", self.metrics.push)
         return 200, answer
@@ -132,10 +137,16 @@ class AgentBackend(RequestListener):
     def turn_finished(self, req) -> None:  # RequestListener
         self._guard("turn_finished", self.controller.turn_finished, req,
                     session_id=self.controller.rid_to_session.get(req.rid))
+        self._checked()
 
     def request_dropped(self, rid: str) -> None:  # RequestListener
         self._guard("request_dropped", self.controller.request_dropped, rid,
                     session_id=self.controller.rid_to_session.get(rid))
+        self._checked()
+
+    def _checked(self) -> None:
+        if self._check:
+            self._guard("check_integrity", self.check_integrity)
 
     def cache_reset(self) -> None:  # RequestListener
         self._guard("cache_reset", self.controller.on_cache_reset)

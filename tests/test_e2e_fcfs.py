@@ -1,6 +1,7 @@
 """Program-level FCFS end to end: with one request running at a time, a resumed agent turn that
 arrives behind newcomers is served before them, because its program arrived first; upstream FCFS
-(--agent-disable-program-fcfs) serves it last."""
+(--agent-disable-program-fcfs) serves it last. Each request is sent only once the previous one is
+running or queued (SGLang's /v1/loads says so): the order does not depend on timing."""
 
 from __future__ import annotations
 
@@ -12,6 +13,16 @@ import requests
 
 from server_fixture import RunningServer
 from test_e2e_server import generate, prompt
+
+
+def wait_until_in_scheduler(server, requests_in: int, timeout_s: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        load = requests.get(server.url + "/v1/loads", timeout=30).json()["loads"][0]
+        if load["num_running_reqs"] + load["num_waiting_reqs"] >= requests_in:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"{requests_in} requests never reached the scheduler")
 
 
 def serve_order(server) -> list[str]:
@@ -29,10 +40,10 @@ def serve_order(server) -> list[str]:
     jobs += [(f"new{i}", prompt(50 + i), None, 4) for i in range(3)]
     jobs += [("resumed", prompt(41) + first.json()["text"] + " tool returned: ok", {"session_id": "old-program"}, 4)]
     threads = []
-    for job in jobs:
+    for index, job in enumerate(jobs):
         threads.append(threading.Thread(target=send, args=job))
         threads[-1].start()
-        time.sleep(0.2)
+        wait_until_in_scheduler(server, index + 1)
     for t in threads:
         t.join(timeout=300)
     requests.post(server.url + "/agent/session/close", json={"session_id": "old-program"}, timeout=30)

@@ -196,7 +196,9 @@ def test_example_program_runs(server):
 
 def test_simulator_and_server_make_the_same_cache_decisions(server):
     """The same small trace through the real server (replay) and the simulator: the same TTL
-    choices, pinned tokens and prefix hits, because both run the same cache and policy code."""
+    choices, the same priced benefit of each pin (the re-prefill price of the path it keeps, at the
+    same --agent-prefill-tokens-per-s: a wrong path length or price on either side fails this),
+    pinned tokens and prefix hits, because both run the same cache and policy code."""
     import asyncio
 
     from eval.replay import fold_token_ids, replay
@@ -215,7 +217,12 @@ def test_simulator_and_server_make_the_same_cache_decisions(server):
     requests.post(server.url + "/flush_cache", timeout=60)
     served = asyncio.run(replay(server.url, programs, time_scale=0.05, hints=True))
     spec = PolicySpec("continuum", retention="ttl", order="program_fcfs", declare_durations=True)
-    simulated = simulate(programs, load_profile("llama-3.1-8b-h100"), spec, pool_tokens=POOL_TOKENS)
+    from sglang_agent.config import AgentServerArgs
+
+    server_args = AgentServerArgs()  # what the server runs with (its defaults)
+    simulated = simulate(programs, load_profile("llama-3.1-8b-h100"), spec, pool_tokens=POOL_TOKENS,
+                         agent_args=server_args)
+    sim_benefit = {(d[1], d[2]): d[4] for d in simulated.decisions if d[3] == "expected_benefit_s"}
 
     sim_ttl = {(d[1], d[2]): d[4] for d in simulated.decisions if d[3] == "ttl_s"}
     sim_pinned = {(d[1], d[2]): d[4] for d in simulated.decisions if d[3] == "pinned_tokens"}
@@ -226,6 +233,9 @@ def test_simulator_and_server_make_the_same_cache_decisions(server):
         # The server saw durations x0.05 (time scale): its TTL is the simulator's x0.05.
         assert t.ttl_s == pytest.approx(sim_ttl[(t.program_id, t.turn)] * 0.05)
         assert t.pinned_tokens == sim_pinned[(t.program_id, t.turn)]
+        # p(return within TTL) x (re-prefill of the pinned path at the server's price): a priced value.
+        assert t.expected_benefit_s == pytest.approx(sim_benefit[(t.program_id, t.turn)], rel=1e-6)
+        assert t.expected_benefit_s == pytest.approx(t.pinned_tokens / server_args.prefill_tokens_per_s, rel=0.05)
     for t in served.turns:
         if t.turn > 0:
             assert t.cached_tokens == sim_cached[(t.program_id, t.turn)], (t, sim_cached)

@@ -282,6 +282,8 @@ class Simulator:
             answer = self.controller.tool_start(ToolStart(session, turn.tool_name, declared))
             self.decisions.append((self.now, program.program_id, req.turn, "ttl_s", answer["ttl_s"]))
             self.decisions.append((self.now, program.program_id, req.turn, "pinned_tokens", answer["pinned_tokens"]))
+            self.decisions.append((self.now, program.program_id, req.turn, "expected_benefit_s",
+                                   answer["expected_benefit_s"]))
         elif self.policy.retention == "infercept" and last_node is not None:
             self._infercept_decide(session, turn.tool_name, last_node, len(full_key))
         self._schedule(self.now + turn.tool_duration_s, req.program_index, req.turn + 1)
