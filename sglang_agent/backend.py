@@ -34,6 +34,9 @@ MAX_CONSECUTIVE_FAILURES = 3
 CHECK_ENV = "SGLANG_AGENT_CHECK_INTEGRITY"
 
 
+SESSION_ENTRY_POINTS = ("turn_finished", "request_dropped")
+
+
 class InjectedFault(RuntimeError):
     pass
 
@@ -58,10 +61,12 @@ class AgentBackend(RequestListener):
         if self.disabled:
             return fallback
         try:
-            if name in self._faults:
+            # Injected where our code has work to do (a session's event, or every step).
+            if name in self._faults and (session_id is not None or name not in SESSION_ENTRY_POINTS):
                 raise InjectedFault(f"injected fault in {name}")
             result = fn(*args)
-            self._consecutive.pop(name, None)
+            if session_id is not None or name not in SESSION_ENTRY_POINTS:  # a no-op call proves nothing
+                self._consecutive.pop(name, None)
             return result
         except HintError:
             raise
@@ -109,12 +114,17 @@ class AgentBackend(RequestListener):
         and host copies are let go, due reloads start, idle sessions are forgotten."""
         self.clock.tick(now_s)
         self._guard("tick", self.controller.on_step)
-        if self.metrics is not None:
-            self._guard("metrics", self.metrics.maybe_push)
+        self._push_metrics(force=False)
 
     def handle_hint(self, kind: str, body: dict, rid: Optional[str]) -> tuple[int, dict]:
         session_id = body.get("session_id") if isinstance(body, dict) else None
         if self.disabled:
+            self._push_metrics(force=True)
+            # Requests still run (as on upstream SGLang); only the hint routes say why nothing happens.
+            if kind in ("bind", "unbind", "gone"):
+                return 200, {"agent_disabled": True}
+            if kind == "stats":
+                return 200, {**self.snapshot(), "agent_disabled": True}
             return 503, {"error": "agent hints are off after repeated internal errors (see the server log)",
                          "status": 503}
         try:
@@ -127,9 +137,19 @@ class AgentBackend(RequestListener):
             return 500, {"error": f"internal error in the {kind} hint; the session's agent state was dropped",
                          "status": 500}
         self._checked()
-        if self.metrics is not None:
-            self._guard("metrics", self.metrics.push)
+        self._push_metrics(force=True)
         return 200, answer
+
+    def _push_metrics(self, force: bool) -> None:
+        """Metrics go on when agent behaviour is off (they are how one sees why)."""
+        if self.metrics is None:
+            return
+        try:
+            self.metrics.push() if force else self.metrics.maybe_push()
+        except Exception:
+            if ("metrics", "push") not in self._logged:
+                self._logged.add(("metrics", "push"))
+                logger.exception("sglang-agent: pushing the agent metrics failed")
 
     def request_entered(self, rid: str) -> None:
         self._guard("request_entered", self.controller.request_entered, rid)

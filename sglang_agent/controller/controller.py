@@ -509,6 +509,7 @@ class AgentController:
             if session.tool is not None:
                 holds[session.tool.hold] += 1
         return {
+            "agent_disabled": False,
             "sessions": len(self.sessions),
             "sessions_by_state": states,
             "sessions_in_tool_call": states[State.IN_TOOL.value],
