@@ -42,6 +42,8 @@ def _handle_hint(backend, req):
     parallel = get_parallel()
     if parallel.pp_rank != 0 or parallel.tp_rank != 0 or parallel.attn_cp_rank != 0:
         return None  # one answer per DP rank: the TP ranks applied the same hint identically
+    if req.kind == "stats" and status == 200:
+        body["dp_rank"] = parallel.dp_rank if parallel.dp_rank is not None else 0
     return AgentHintReqOutput(rid=req.rid, status=status, body_json=json.dumps(body), hint_id=req.hint_id)
 
 

@@ -86,19 +86,28 @@ def merge_answers(kind: str, answers: list[AgentHintReqOutput]) -> tuple[int, di
 
 
 def sum_stats(snapshots: list[dict]) -> dict:
-    """/agent/stats over DP ranks: counts add up; ratios and labels are recomputed or taken once."""
-    total: dict = {}
-    for snap in snapshots:
-        for key, value in snap.items():
-            if isinstance(value, bool) or not isinstance(value, (int, float, dict)):
-                total.setdefault(key, value)
-            elif isinstance(value, dict):
-                total[key] = sum_stats([total.get(key, {}), value]) if key in total else dict(value)
-            else:
-                total[key] = total.get(key, 0) + value
+    """/agent/stats over DP ranks: counts add up (nested ones too); ratios are recomputed, labels
+    taken once; `per_dp_rank` keeps each rank's sessions, pins and pinned tokens."""
+    total = _add_up(snapshots)
     if total.get("resumed_turns"):
         total["hit_rate_after_tool_calls"] = total["resumed_turns_with_hit"] / total["resumed_turns"]
     total["dp_ranks"] = len(snapshots)
+    total["per_dp_rank"] = sorted(({k: snap.get(k) for k in ("dp_rank", "sessions", "pins", "pinned_tokens")}
+                                   for snap in snapshots), key=lambda r: r["dp_rank"] if r["dp_rank"] is not None else -1)
+    return total
+
+
+def _add_up(snapshots: list[dict]) -> dict:
+    total: dict = {}
+    for snap in snapshots:
+        for key, value in snap.items():
+            if key == "dp_rank" or isinstance(value, bool) or not isinstance(value, (int, float, dict)):
+                total.setdefault(key, value)
+            elif isinstance(value, dict):
+                total[key] = _add_up([total[key], value]) if key in total else dict(value)
+            else:
+                total[key] = total.get(key, 0) + value
+    total.pop("dp_rank", None)
     return total
 
 
