@@ -115,6 +115,8 @@ class AgentBackend(RequestListener):
         self.clock.tick(now_s)
         self._guard("tick", self.controller.on_step)
         self._push_metrics(force=False)
+        if self._check and self.tp_group is not None:
+            self._guard("tp_agreement", self.check_tp_agreement)
 
     def handle_hint(self, kind: str, body: dict, rid: Optional[str]) -> tuple[int, dict]:
         session_id = body.get("session_id") if isinstance(body, dict) else None
@@ -125,6 +127,9 @@ class AgentBackend(RequestListener):
                 return 200, {"agent_disabled": True}
             if kind == "stats":
                 return 200, {**self.snapshot(), "agent_disabled": True}
+        if kind == "stats":
+            self._push_metrics(force=True)
+            return 200, self.snapshot()
             return 503, {"error": "agent hints are off after repeated internal errors (see the server log)",
                          "status": 503}
         try:
@@ -184,11 +189,32 @@ class AgentBackend(RequestListener):
         return self._guard("program_arrival", self.controller.program_arrival, rid)
 
     def snapshot(self) -> dict:
-        return self.controller.snapshot()
+        return {**self.controller.snapshot(), "tp_agreement_checks": self.tp_checks}
 
     def check_integrity(self) -> None:
         self.cache.check_integrity()
         self.controller.check_integrity()
+
+    def state_digest(self, times: bool = True) -> str:
+        """The cache's digest plus every session's state: equal on TP ranks that agree."""
+        import hashlib
+
+        sessions = sorted((s.session_id, s.state.value, sorted(s.running_rids), s.tool and s.tool.hold)
+                          for s in self.controller.sessions.values())
+        return hashlib.sha256((self.cache.state_digest(times) + repr(sessions)).encode()).hexdigest()
+
+    tp_group = None  # the tree cache's TP group when tp_size > 1 (set by the factory)
+    tp_checks = 0
+
+    def check_tp_agreement(self) -> None:
+        """Tests (SGLANG_AGENT_CHECK_INTEGRITY=1, --tp-size > 1): every rank's digest, gathered over
+        the tree cache's TP group, must be the same after every step."""
+        import torch.distributed as dist
+
+        digests = [None] * dist.get_world_size(group=self.tp_group)
+        dist.all_gather_object(digests, self.state_digest(), group=self.tp_group)
+        self.tp_checks += 1
+        assert len(set(digests)) == 1, f"TP ranks diverged: {digests}"
 
 
 _INTERNAL = object()
@@ -241,6 +267,8 @@ def agent_radix_cache_factory(ctx) -> AgentRadixCache:
         from sglang_agent.server import metrics
 
         backend.metrics = metrics.attach(cache, backend)
+    if getattr(cache, "tp_world_size", 1) > 1:
+        backend.tp_group = cache.tp_group
     cache.agent_backend = backend
     return cache
 

@@ -333,6 +333,26 @@ class AgentRadixCache(UnifiedRadixCache):
         return bool(getattr(self, "ongoing_load_back", None))
 
     # ---- integrity -----------------------------------------------------------------------------
+    def state_digest(self, times: bool = True) -> str:
+        """A hash of the tree and our state on it (every node's key, tiers, locks, pins, steps, and
+        the sessions' paths): TP ranks that took the same decisions have the same digest. Without
+        `times`, pins count by who holds them, not until when (ranks on different clocks compare)."""
+        import hashlib
+
+        h = hashlib.sha256()
+        nodes = sorted((tuple(n.key), n.id) for n in upstream.all_nodes(self.tree_core) if n is not self.tree_core.root_node)
+        by_id = {n.id: n for n in upstream.all_nodes(self.tree_core)}
+        for key, node_id in nodes:
+            n = by_id[node_id]
+            pins = sorted(n.pin_deadlines.items()) if times else sorted(n.pin_deadlines)
+            h.update(repr((key, n.evicted, n.backuped, n.lock_ref, pins, n.steps_to_execution)).encode())
+        for session_id in sorted(self._session_last_node):
+            node = self.last_node(session_id)
+            pin = self._pin_deadline.get(session_id) if times else session_id in self._pin_deadline
+            h.update(repr((session_id, None if node is None else tuple(node.key), pin)).encode())
+        h.update(repr((self.evictable_size(), self.protected_size(), self.token_to_kv_pool_allocator.available_size())).encode())
+        return h.hexdigest()
+
     def check_integrity(self) -> None:
         """Our invariants over the tree (the property and end-to-end tests run it after every step),
         in the spirit of SGLang's own sanity_check."""
