@@ -1,20 +1,3 @@
-"""The one SGLang version the hooks were written against."""
+"""The one SGLang version the hooks were written against (sglang_agent/version.py)."""
 
-from __future__ import annotations
-
-from sglang_agent import SGLANG_VERSION
-
-
-class SGLangVersionError(RuntimeError):
-    pass
-
-
-def check_sglang_version() -> None:
-    import sglang
-
-    found = getattr(sglang, "__version__", "unknown")
-    if found != SGLANG_VERSION:
-        raise SGLangVersionError(
-            f"sglang-agent's patches are written for sglang=={SGLANG_VERSION}, found {found}. "
-            f"Install sglang=={SGLANG_VERSION} (bash scripts/setup.sh) or port patches/."
-        )
+from sglang_agent.version import SGLangVersionError, check_sglang_version  # noqa: F401

@@ -7,7 +7,7 @@ that pool, and the copy is redone by upstream's."""
 
 from sglang.srt.plugins.hook_registry import HookRegistry, HookType
 
-from sglang_agent.patches import _backend
+from sglang_agent.patches.backend_ref import PROCESS, of_scheduler
 from sglang_agent.patches._version import check_sglang_version
 
 POOL = "sglang.srt.mem_cache.pool_host.mha.MHATokenToKVPoolHost"
@@ -21,7 +21,7 @@ def _ours(pool, io_backend) -> bool:
 
 def _failed(pool, error: Exception) -> None:
     pool.agent_copy_failed = True
-    backend = _backend.PROCESS["backend"]
+    backend = PROCESS["backend"]
     if backend is not None:
         backend._internal_error("copy_engine", error, None)
 

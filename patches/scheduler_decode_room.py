@@ -4,14 +4,14 @@ as displaced) before SGLang's own path would retract requests or abort the last 
 
 from sglang.srt.plugins.hook_registry import HookRegistry, HookType
 
-from sglang_agent.patches import _backend
+from sglang_agent.patches.backend_ref import PROCESS, of_scheduler
 from sglang_agent.patches._version import check_sglang_version
 
 TARGET = "sglang.srt.managers.scheduler.Scheduler.update_running_batch"
 
 
 def _around_update_running_batch(original, scheduler, batch, *args, **kwargs):
-    backend = _backend.of_scheduler(scheduler)
+    backend = of_scheduler(scheduler)
     if backend is not None and not batch.is_empty() and not batch.check_decode_mem():
         backend.make_room_for_decode(batch.check_decode_mem)
     return original(scheduler, batch, *args, **kwargs)

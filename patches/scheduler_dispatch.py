@@ -6,7 +6,7 @@ import json
 
 from sglang.srt.plugins.hook_registry import HookRegistry, HookType
 
-from sglang_agent.patches import _backend
+from sglang_agent.patches.backend_ref import PROCESS, of_scheduler
 from sglang_agent.patches._version import check_sglang_version
 
 TARGET = "sglang.srt.managers.scheduler.Scheduler.init_request_dispatcher"
@@ -17,10 +17,10 @@ def _after_init_request_dispatcher(result, scheduler, *args, **kwargs):
     from sglang_agent.server.messages import AgentHintReqInput
     from sglang_agent.server.scheduler_side import scheduler_load_probe
 
-    backend = _backend.of_scheduler(scheduler)
+    backend = of_scheduler(scheduler)
     if backend is not None:
         backend.controller.load_probe = scheduler_load_probe(scheduler)
-        _backend.PROCESS["backend"] = backend
+        PROCESS["backend"] = backend
     upstream.add_scheduler_handler(scheduler, AgentHintReqInput, lambda req: _handle_hint(backend, req))
     return result
 

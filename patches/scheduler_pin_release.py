@@ -4,14 +4,14 @@ wait, the pins closest to expiry are released until the head of the queue fits."
 
 from sglang.srt.plugins.hook_registry import HookRegistry, HookType
 
-from sglang_agent.patches import _backend
+from sglang_agent.patches.backend_ref import PROCESS, of_scheduler
 from sglang_agent.patches._version import check_sglang_version
 
 TARGET = "sglang.srt.managers.scheduler.Scheduler.get_new_batch_prefill"
 
 
 def _after_get_new_batch_prefill(plan, scheduler, *args, **kwargs):
-    backend = _backend.of_scheduler(scheduler)
+    backend = of_scheduler(scheduler)
     if backend is None or plan.batch_to_run is not None or not scheduler.waiting_queue:
         return plan
     if not plan.running_batch.is_empty() or scheduler.chunked_req is not None:

@@ -8,7 +8,7 @@ scheduler ends it exactly once in the controller (the other exits are the tree c
 
 from sglang.srt.plugins.hook_registry import HookRegistry, HookType
 
-from sglang_agent.patches import _backend
+from sglang_agent.patches.backend_ref import PROCESS, of_scheduler
 from sglang_agent.patches._version import check_sglang_version
 
 ENTER = "sglang.srt.managers.scheduler.Scheduler.handle_generate_request"
@@ -16,14 +16,14 @@ ABORT = "sglang.srt.managers.scheduler.Scheduler.send_abort_output"
 
 
 def _after_handle_generate_request(result, scheduler, recv_req, *args, **kwargs):
-    backend = _backend.of_scheduler(scheduler)
+    backend = of_scheduler(scheduler)
     if backend is not None:
         backend.request_entered(recv_req.rid)
     return result
 
 
 def _after_send_abort_output(result, scheduler, abort_req, req, *args, **kwargs):
-    backend = _backend.of_scheduler(scheduler)
+    backend = of_scheduler(scheduler)
     if backend is not None:
         backend.request_dropped(req.rid)
     return result

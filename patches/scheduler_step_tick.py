@@ -11,7 +11,7 @@ import time
 
 from sglang.srt.plugins.hook_registry import HookRegistry, HookType
 
-from sglang_agent.patches import _backend
+from sglang_agent.patches.backend_ref import PROCESS, of_scheduler
 from sglang_agent.patches._version import check_sglang_version
 
 POLL = "sglang.srt.managers.scheduler.Scheduler._poll_timeout_aborts"
@@ -21,7 +21,7 @@ RECV = "sglang.srt.managers.scheduler_components.request_receiver.SchedulerReque
 def _after_poll_timeout_aborts(result, scheduler, *args, **kwargs):
     from sglang_agent.server.messages import AgentStepTick
 
-    if _backend.of_scheduler(scheduler) is None:
+    if of_scheduler(scheduler) is None:
         return result
     return [*(result or []), AgentStepTick(now_s=time.perf_counter())]
 
@@ -34,7 +34,7 @@ def _after_recv_requests(result, receiver, *args, **kwargs):
     ticks = [r for r in result if isinstance(r, AgentStepTick)]
     if not ticks:
         return result
-    backend = _backend.PROCESS["backend"]
+    backend = PROCESS["backend"]
     if backend is not None:
         backend.tick(max(t.now_s for t in ticks))
     return [r for r in result if not isinstance(r, AgentStepTick)]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Optional
 
-from sglang_agent.patches._version import check_sglang_version
+from sglang_agent.version import check_sglang_version
 
 check_sglang_version()
 

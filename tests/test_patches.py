@@ -90,17 +90,18 @@ def test_pins_give_way_before_decode_would_retract():
 
 
 def test_step_ticks_ride_the_inputs_and_are_taken_out_before_sglang_sees_them():
-    from sglang_agent.patches import _backend, scheduler_step_tick
+    from sglang_agent.patches import scheduler_step_tick
+    from sglang_agent.patches.backend_ref import PROCESS
     from sglang_agent.server.messages import AgentStepTick
 
     ticks = []
     scheduler = SimpleNamespace(tree_cache=SimpleNamespace(agent_backend=object()))
     local = scheduler_step_tick._after_poll_timeout_aborts([], scheduler)
     assert len(local) == 1 and isinstance(local[0], AgentStepTick)
-    _backend.PROCESS["backend"] = SimpleNamespace(tick=ticks.append)
+    PROCESS["backend"] = SimpleNamespace(tick=ticks.append)
     try:
         received = ["req-1", *local, "req-2"]
         assert scheduler_step_tick._after_recv_requests(received, object()) == ["req-1", "req-2"]
         assert ticks == [local[0].now_s]
     finally:
-        _backend.PROCESS["backend"] = None
+        PROCESS["backend"] = None

@@ -132,6 +132,21 @@ def all_aligned_16(*buffer_lists: Sequence[torch.Tensor]) -> bool:
 TILE_WORDS = 4096
 
 
+def _kernel_params(row_nbytes: int, aligned_16: bool, block_slots: Optional[int]) -> dict:
+    """The kernel's compile-time parameters for rows of `row_nbytes` (one compiled kernel each)."""
+    import triton
+    import triton.language as tl
+
+    word = _word_dtype(row_nbytes)
+    row_words = row_nbytes // word.itemsize
+    block_words = triton.next_power_of_2(row_words)
+    if block_slots is None:
+        block_slots = max(1, min(128, TILE_WORDS // block_words))
+    tl_word = {torch.int64: tl.int64, torch.int32: tl.int32, torch.int16: tl.int16, torch.int8: tl.int8}[word]
+    return dict(WORD=tl_word, ROW_WORDS=row_words, BLOCK_SLOTS=block_slots, BLOCK_WORDS=block_words,
+                ALIGNED_16=aligned_16 and row_nbytes % 16 == 0)
+
+
 def launch_copy_rows(src_table: torch.Tensor, src_slots: torch.Tensor, dst_table: torch.Tensor,
                      dst_slots: torch.Tensor, row_nbytes: int, aligned_16: bool,
                      block_slots: Optional[int] = None) -> None:
@@ -139,47 +154,27 @@ def launch_copy_rows(src_table: torch.Tensor, src_slots: torch.Tensor, dst_table
     slot lists already checked. One launch, grid (slot blocks, buffers); `block_slots` defaults
     to a tile of ~TILE_WORDS words."""
     import triton
-    import triton.language as tl
 
     from sglang_agent.kernels.kv_transfer_kernel import kv_copy_rows_kernel
 
     n = src_slots.numel()
     if n == 0:
         return
-    word = _word_dtype(row_nbytes)
-    row_words = row_nbytes // word.itemsize
-    tl_word = {torch.int64: tl.int64, torch.int32: tl.int32, torch.int16: tl.int16, torch.int8: tl.int8}[word]
-    block_words = triton.next_power_of_2(row_words)
-    if block_slots is None:
-        block_slots = max(1, min(128, TILE_WORDS // block_words))
-    grid = (triton.cdiv(n, block_slots), src_table.numel())
-    kv_copy_rows_kernel[grid](
-        src_table.view(torch.int64), src_slots, dst_table.view(torch.int64), dst_slots, n,
-        WORD=tl_word, ROW_WORDS=row_words, BLOCK_SLOTS=block_slots,
-        BLOCK_WORDS=block_words,
-        ALIGNED_16=aligned_16 and row_nbytes % 16 == 0,
-    )
+    params = _kernel_params(row_nbytes, aligned_16, block_slots)
+    grid = (triton.cdiv(n, params["BLOCK_SLOTS"]), src_table.numel())
+    kv_copy_rows_kernel[grid](src_table.view(torch.int64), src_slots, dst_table.view(torch.int64), dst_slots, n,
+                              **params)
 
 
 def precompile_copy_rows(table: torch.Tensor, row_nbytes: int, aligned_16: bool,
                          block_slots: Optional[int] = None) -> None:
     """Compile the kernel `launch_copy_rows` will use for rows of `row_nbytes` without running it
     (Triton's warmup), e.g. at server start instead of at the first copy."""
-    import triton
-    import triton.language as tl
-
     from sglang_agent.kernels.kv_transfer_kernel import kv_copy_rows_kernel
 
-    word = _word_dtype(row_nbytes)
-    row_words = row_nbytes // word.itemsize
-    tl_word = {torch.int64: tl.int64, torch.int32: tl.int32, torch.int16: tl.int16, torch.int8: tl.int8}[word]
-    block_words = triton.next_power_of_2(row_words)
-    if block_slots is None:
-        block_slots = max(1, min(128, TILE_WORDS // block_words))
     slots = torch.zeros(1, dtype=torch.int64, device=table.device)
     kv_copy_rows_kernel.warmup(table.view(torch.int64), slots, table.view(torch.int64), slots, 1,
-                               WORD=tl_word, ROW_WORDS=row_words, BLOCK_SLOTS=block_slots, BLOCK_WORDS=block_words,
-                               ALIGNED_16=aligned_16 and row_nbytes % 16 == 0, grid=(1, table.numel()))
+                               **_kernel_params(row_nbytes, aligned_16, block_slots), grid=(1, table.numel()))
 
 
 def copy_rows(src: Sequence[torch.Tensor], src_slots: torch.Tensor, dst: Sequence[torch.Tensor],

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Callable, Optional
 
 from eval.sim.cost_model import CostModel
-from sglang_agent.controller.ports import HostEvents
+from sglang_agent.policy.temporal import HostEvents
 
 
 @dataclass

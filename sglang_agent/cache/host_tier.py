@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from sglang_agent.controller.ports import HostEvents
+from sglang_agent.policy.temporal import HostEvents
 from sglang_agent.policy import Clock
 
 if TYPE_CHECKING:

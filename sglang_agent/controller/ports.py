@@ -5,10 +5,11 @@ The controller imports none of their implementations; backend.py wires them."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Optional, Protocol
 
 from sglang_agent.policy.pins import PinHolding
+from sglang_agent.policy.temporal import HostEvents
 
 
 @dataclass(frozen=True)
@@ -24,14 +25,6 @@ class LoadSnapshot:
 
 
 LoadProbe = Callable[[], LoadSnapshot]
-
-
-@dataclass
-class HostEvents:
-    """What a host tier's step produced for the controller."""
-
-    lapsed: list[str] = field(default_factory=list)  # keep time ran out before the tool returned
-    reloaded: dict[str, float] = field(default_factory=dict)  # session back on the GPU -> protect until
 
 
 class SessionKV(Protocol):

@@ -11,7 +11,7 @@ return minus the reload time; a tool_end that comes earlier triggers it at once.
 from __future__ import annotations
 
 import statistics
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
 from sglang_agent.policy.ttl import EvictionCost, TTLDecision
@@ -21,6 +21,14 @@ REQUESTS_WAITING, POOL_ABOVE_WATERMARK = "requests_waiting", "pool_above_waterma
 # Offload only when the tool is expected to outlast the reload by this factor (copy out and
 # back both cost PCIe time, and a prediction error on a short tool turns into a stall).
 OFFLOAD_MIN_RATIO = 2.0
+
+
+@dataclass
+class HostEvents:
+    """What a host tier's step produced for the controller."""
+
+    lapsed: list[str] = field(default_factory=list)  # keep time ran out before the tool returned
+    reloaded: dict[str, float] = field(default_factory=dict)  # session back on the GPU -> protect until
 
 
 @dataclass(frozen=True)
