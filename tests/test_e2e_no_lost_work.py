@@ -323,3 +323,21 @@ def test_nothing_of_ours_holds_a_lock_once_every_session_is_closed(server):
     assert s["internal_errors"] == 0, s
     flushed = requests.post(server.url + "/flush_cache", timeout=60)
     assert flushed.status_code == 200, flushed.text
+
+
+# ---- 7. what one hint may make the scheduler hold ------------------------------------------------
+
+def test_a_huge_workflow_declaration_is_refused_at_once_and_stalls_no_one(server):
+    """Defect (issue "No lost work", 7): declaring a valid 60,000-agent workflow (4 MB) held the
+    scheduler for 24 s, so an 8-token request sent 1 s later took 24 s. Now the HTTP layer refuses
+    it (413, over the documented limits) before it reaches the scheduler. Failed on main: 200 after
+    seconds of scheduler time."""
+    agents = [{"agent_id": f"a{i}"} for i in range(60_000)]
+    body = {"workflow_id": "huge", "agents": agents, "schedule": [a["agent_id"] for a in agents]}
+    r = requests.post(server.url + "/agent/workflow", json=body, timeout=120)
+    assert r.status_code == 413 and "limit" in r.json()["error"], r.text[:300]
+    small = {"workflow_id": "over-agents", "agents": [{"agent_id": f"a{i}"} for i in range(1025)], "schedule": ["a0"]}
+    r = requests.post(server.url + "/agent/workflow", json=small, timeout=60)
+    assert r.status_code == 413 and "1024" in r.json()["error"], r.text[:300]
+    assert stats(server)["workflows"] == 0
+    assert generate(server, ids(40, 8), 2)["meta_info"]["completion_tokens"] == 2

@@ -22,8 +22,10 @@ Every per-node field is O(1) to read however many sessions share the node.
 from __future__ import annotations
 
 import dataclasses
+import heapq
+import itertools
 import time
-from typing import Callable, Iterable, Optional
+from typing import Callable, Iterable, Iterator, Optional
 
 from sglang.srt.mem_cache.cache_init_params import CacheInitParams
 from sglang.srt.mem_cache.unified_cache.component_type import ComponentType
@@ -75,6 +77,11 @@ class AgentRadixCache(UnifiedRadixCache):
         self._pinned_nodes: dict[str, set[AgentTreeNode]] = {}
         self._pin_locks: dict[str, object] = {}
         self._pin_count: dict[AgentTreeNode, int] = {}  # node -> pins through it (pinned tokens, once)
+        self._pinned_total = 0  # hard mode: sum of device tokens of pinned nodes (locked: it cannot drift)
+        # (deadline, seq, session) of every pin, soonest first; entries a later pin or unpin made
+        # stale are skipped when met. Expiry and "closest to expiry first" read it in O(k log P).
+        self._pin_heap: list[tuple[float, int, str]] = []
+        self._pin_seq = itertools.count()
         # Workflow sessions: steps until their agent runs, and the nodes carrying that value.
         self._session_steps: dict[str, int] = {}
         self._step_nodes: dict[str, set[AgentTreeNode]] = {}
@@ -184,9 +191,13 @@ class AgentRadixCache(UnifiedRadixCache):
             return 0
         for node in nodes:
             node.add_pin(session_id, ttl_deadline)
-            self._pin_count[node] = self._pin_count.get(node, 0) + 1
+            count = self._pin_count.get(node, 0)
+            self._pin_count[node] = count + 1
+            if count == 0:
+                self._pinned_total += node.device_tokens
         self._pinned_nodes[session_id] = nodes
         self._pin_deadline[session_id] = ttl_deadline
+        heapq.heappush(self._pin_heap, (ttl_deadline, next(self._pin_seq), session_id))
         if self.pin_mode == "hard":
             self._pin_locks[session_id] = self.lock(self._session_last_node[session_id])
         return sum(n.device_tokens for n in nodes)
@@ -200,6 +211,7 @@ class AgentRadixCache(UnifiedRadixCache):
         for node in self._pinned_nodes[session_id]:
             node.add_pin(session_id, ttl_deadline)
         self._pin_deadline[session_id] = ttl_deadline
+        heapq.heappush(self._pin_heap, (ttl_deadline, next(self._pin_seq), session_id))
 
     def unpin(self, session_id: str) -> None:
         self._pin_deadline.pop(session_id, None)
@@ -208,23 +220,53 @@ class AgentRadixCache(UnifiedRadixCache):
             left = self._pin_count.get(node, 0) - 1
             if left > 0:
                 self._pin_count[node] = left
-            else:
-                self._pin_count.pop(node, None)
+            elif self._pin_count.pop(node, None) is not None:
+                self._pinned_total -= self._device_tokens(node)
         lock = self._pin_locks.pop(session_id, None)
         if lock is not None:
             self.unlock(lock)
 
+    def _heap_top(self) -> Optional[tuple[float, int, str]]:
+        """The soonest live pin's entry, dropping stale ones on the way."""
+        heap = self._pin_heap
+        while heap and self._pin_deadline.get(heap[0][2]) != heap[0][0]:
+            heapq.heappop(heap)
+        return heap[0] if heap else None
+
     def expire_pins(self, now: float) -> list[str]:
         """Drop the pins whose TTL has run out (the one sweep; run once per step-clock tick, so every
-        TP rank drops the same pins at the same step)."""
-        expired = [s for s, deadline in self._pin_deadline.items() if deadline <= now]
-        for session_id in expired:
-            self.unpin(session_id)
+        TP rank drops the same pins at the same step). O(expired log pins)."""
+        expired = []
+        while (top := self._heap_top()) is not None and top[0] <= now:
+            heapq.heappop(self._pin_heap)
+            self.unpin(top[2])
+            expired.append(top[2])
         return expired
 
+    def pins_soonest_first(self) -> Iterator[PinHolding]:
+        """The pins in order of expiry, each with the tokens only it keeps pinned, computed as they
+        are read: a caller that stops after k pins pays O(k log pins), not O(pins)."""
+        taken = []
+        try:
+            while (top := self._heap_top()) is not None:
+                taken.append(heapq.heappop(self._pin_heap))
+                session_id = top[2]
+                yield PinHolding(session_id, top[0], self._exclusive_tokens(session_id))
+        finally:
+            for entry in taken:
+                if self._pin_deadline.get(entry[2]) == entry[0]:
+                    heapq.heappush(self._pin_heap, entry)
+
     def pinned_tokens(self) -> int:
-        """GPU tokens under a pin, each counted once however many pins share it."""
+        """GPU tokens under a pin, each counted once however many pins share it. O(1) with hard pins
+        (their nodes are locked: neither evicted nor demoted, and a split keeps the sum); soft pins
+        can be evicted under them, so their sum is taken afresh."""
+        if self.pin_mode == "hard":
+            return self._pinned_total
         return sum(self._device_tokens(n) for n in self._pin_count)
+
+    def pin_count(self) -> int:
+        return len(self._pin_deadline)
 
     def unpinned_path_tokens(self, session_id: str) -> int:
         """Tokens a pin of this session's latest path would add to the pinned total."""
@@ -237,14 +279,12 @@ class AgentRadixCache(UnifiedRadixCache):
         by a running request nor pinned already."""
         return sum(n.device_tokens for n in self._path(session_id) if n.lock_ref == 0)
 
+    def _exclusive_tokens(self, session_id: str) -> int:
+        return sum(self._device_tokens(n) for n in self._pinned_nodes[session_id] if self._pin_count.get(n, 0) == 1)
+
     def pin_holdings(self) -> list[PinHolding]:
         """Each pin with the tokens only it keeps pinned (what releasing it frees)."""
-        holdings = []
-        for session_id, nodes in self._pinned_nodes.items():
-            live = [n for n in nodes if self._device_tokens(n)]
-            exclusive = sum(n.device_tokens for n in live if self._pin_count.get(n, 0) == 1)
-            holdings.append(PinHolding(session_id, self._pin_deadline[session_id], exclusive))
-        return holdings
+        return [PinHolding(s, self._pin_deadline[s], self._exclusive_tokens(s)) for s in self._pinned_nodes]
 
     # ---- host tier (SGLang's HiCache, --enable-hierarchical-cache) -----------------------------
     def has_host_tier(self) -> bool:
@@ -370,6 +410,8 @@ class AgentRadixCache(UnifiedRadixCache):
         assert set(self._pin_deadline) == set(self._pinned_nodes), "pins without nodes or nodes without pins"
         assert set(self._pin_locks) <= set(self._pin_deadline), "a pin lock outlived its pin"
         assert counts == self._pin_count, "pin counts out of step with the pins"
+        in_heap = {(s, d) for d, _, s in self._pin_heap}
+        assert all((s, d) in in_heap for s, d in self._pin_deadline.items()), "a pin is missing from the expiry heap"
         for node in upstream.all_nodes(self.tree_core):
             if node is self.tree_core.root_node:
                 continue
@@ -381,6 +423,8 @@ class AgentRadixCache(UnifiedRadixCache):
                 assert node in self._step_nodes.get(session_id, ()), (session_id, node.id)
         pinned = self.pinned_tokens()
         assert 0 <= pinned <= self.pool_tokens(), pinned
+        if self.pin_mode == "hard":
+            assert pinned == sum(self._device_tokens(n) for n in self._pin_count), "incremental pinned total drifted"
         if self.pin_mode == "hard":
             assert self.protected_size() >= pinned, (self.protected_size(), pinned)
         for session_id, (node_id, _) in self._host_holds.items():

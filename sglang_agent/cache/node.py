@@ -4,6 +4,7 @@ costs the same as any other)."""
 
 from __future__ import annotations
 
+import heapq
 from typing import Optional
 
 from sglang.srt.mem_cache.unified_cache.component_type import ComponentType
@@ -13,9 +14,10 @@ from sglang.srt.mem_cache.unified_cache.unified_tree_core import UnifiedTreeNode
 class AgentTreeNode(UnifiedTreeNode):
     def __init__(self, tree_components: tuple[ComponentType, ...], priority: int = 0):
         super().__init__(tree_components, priority=priority)
-        # session id -> held-until (step-clock seconds) of its pin through this node.
+        # session id -> held-until (step-clock seconds) of its pin through this node, and a max-heap
+        # of (-deadline, session) over them with stale entries dropped lazily (`ttl_deadline`).
         self.pin_deadlines: dict[str, float] = {}
-        self.ttl_deadline: Optional[float] = None  # max of pin_deadlines (None: no pin)
+        self._deadline_heap: list[tuple[float, str]] = []
         # Workflow sessions only: session id -> KVFlow steps until its agent runs again.
         self.step_sessions: dict[str, int] = {}
         self.step_counts: dict[int, int] = {}  # steps value -> sessions with it
@@ -33,18 +35,25 @@ class AgentTreeNode(UnifiedTreeNode):
         return self.component_data[ComponentType.FULL].lock_ref
 
     # ---- pins ----------------------------------------------------------------------------------
+    @property
+    def ttl_deadline(self) -> Optional[float]:
+        """The latest pin through this node (None: no pin). O(log pins) amortized, however many."""
+        heap = self._deadline_heap
+        while heap and self.pin_deadlines.get(heap[0][1]) != -heap[0][0]:
+            heapq.heappop(heap)
+        return -heap[0][0] if heap else None
+
     def add_pin(self, session_id: str, deadline: float) -> None:
-        old = self.pin_deadlines.get(session_id)
         self.pin_deadlines[session_id] = deadline
-        if self.ttl_deadline is None or deadline >= self.ttl_deadline:
-            self.ttl_deadline = deadline
-        elif old is not None and old == self.ttl_deadline:
-            self.ttl_deadline = max(self.pin_deadlines.values())  # the latest pin moved earlier
+        heapq.heappush(self._deadline_heap, (-deadline, session_id))
+        if len(self._deadline_heap) > 2 * len(self.pin_deadlines) + 8:  # bound the stale entries
+            self._deadline_heap = [(-d, s) for s, d in self.pin_deadlines.items()]
+            heapq.heapify(self._deadline_heap)
 
     def remove_pin(self, session_id: str) -> None:
-        deadline = self.pin_deadlines.pop(session_id, None)
-        if deadline is not None and deadline == self.ttl_deadline:
-            self.ttl_deadline = max(self.pin_deadlines.values()) if self.pin_deadlines else None
+        self.pin_deadlines.pop(session_id, None)
+        if not self.pin_deadlines:
+            self._deadline_heap.clear()
 
     # ---- steps ---------------------------------------------------------------------------------
     def set_steps(self, session_id: str, steps: Optional[int]) -> None:
@@ -65,7 +74,7 @@ class AgentTreeNode(UnifiedTreeNode):
     def inherit_agent_state(self, child: "AgentTreeNode") -> None:
         """A split puts this node above `child`: every path through the child runs through it."""
         self.pin_deadlines = dict(child.pin_deadlines)
-        self.ttl_deadline = child.ttl_deadline
+        self._deadline_heap = list(child._deadline_heap)
         self.step_sessions = dict(child.step_sessions)
         self.step_counts = dict(child.step_counts)
         self.steps_to_execution = child.steps_to_execution

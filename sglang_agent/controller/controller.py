@@ -54,6 +54,7 @@ class AgentController:
         self.workflows = WorkflowRegistry(kv, host_tier, pace or getattr(kv, "pace", None) or WorkflowPace(), clock,
                                           session_exists=self.sessions.__contains__)
         self.stats = AgentStats()
+        self.state_counts = {state: 0 for state in State if state is not State.ABSENT}  # O(1) stats
         self._last_workflow_sweep = -math.inf
 
     # ---- the table -------------------------------------------------------------------------------
@@ -74,9 +75,14 @@ class AgentController:
         result = getattr(self, f"_on_{outcome.action}")(session_id, **context) or {}
         session = self.sessions.get(session_id)
         if session is not None and outcome.state is not State.ABSENT:
-            session.state = outcome.state
+            self._set_state(session, outcome.state)
             self._touch(session)
         return result
+
+    def _set_state(self, session: AgentSession, state: State) -> None:
+        self.state_counts[session.state] -= 1
+        self.state_counts[state] += 1
+        session.state = state
 
     def _touch(self, session: AgentSession) -> None:
         session.last_active = self.clock()
@@ -269,8 +275,9 @@ class AgentController:
         """Pins give way, closest to expiry first, until `enough()` (the running batch's next decode
         fits, or the head of the queue can be admitted). Returns the sessions released."""
         released = []
-        for holding in sorted(self.kv.pin_holdings(), key=lambda h: h.ttl_deadline):
-            if enough():
+        while not enough():
+            holding = next(self.kv.pins_soonest_first(), None)
+            if holding is None:
                 break
             self._release_pin(holding.session_id)
             released.append(holding.session_id)
@@ -303,6 +310,7 @@ class AgentController:
 
     def _on_open(self, session_id: str, rid: str) -> None:
         self.sessions[session_id] = AgentSession(session_id, program_arrival=self.clock())
+        self.state_counts[State.IDLE] += 1
         self._on_add_request(session_id, rid)
 
     def _on_begin_turn(self, session_id: str, rid: str) -> None:
@@ -376,6 +384,7 @@ class AgentController:
 
     def _drop_state(self, session_id: str) -> None:
         session = self.sessions.pop(session_id)
+        self.state_counts[session.state] -= 1
         self.by_activity.pop(session_id, None)
         for rid in session.running_rids:
             self.rid_to_session.pop(rid, None)
@@ -440,9 +449,7 @@ class AgentController:
         new_tokens = self.kv.unpinned_path_tokens(session.session_id)
         pinned_tokens = self.kv.pinned_tokens()
         cap = int(self.args.max_pinned_fraction * self.kv.pool_tokens())
-        holdings = []
-        if pinned_tokens + new_tokens > cap:  # only then does the plan look at other pins
-            holdings = [h for h in self.kv.pin_holdings() if h.session_id != session.session_id]
+        holdings = (h for h in self.kv.pins_soonest_first() if h.session_id != session.session_id)
         budget = plan_pin(new_tokens, pinned_tokens, cap, holdings, new_deadline=deadline)
         if not budget.admit:
             self.stats.pins_refused += 1
@@ -501,23 +508,16 @@ class AgentController:
         return None if session_id is None else self.sessions[session_id].program_arrival
 
     def snapshot(self) -> dict:
-        holdings = self.kv.pin_holdings()
-        states = {state.value: 0 for state in State if state is not State.ABSENT}
-        holds = {HOLD_PIN: 0, HOLD_OFFLOAD: 0, HOLD_NONE: 0}
-        for session in self.sessions.values():
-            states[session.state.value] += 1
-            if session.tool is not None:
-                holds[session.tool.hold] += 1
+        """What /agent/stats and the metrics show; O(1) in the number of sessions and pins."""
+        states = {state.value: n for state, n in self.state_counts.items()}
         return {
             "agent_disabled": False,
             "sessions": len(self.sessions),
             "sessions_by_state": states,
             "sessions_in_tool_call": states[State.IN_TOOL.value],
-            "sessions_pinned": holds[HOLD_PIN],
-            "sessions_offloaded_in_tool": holds[HOLD_OFFLOAD],
             "requests_bound": len(self.rid_to_session),
             "pinned_tokens": self.kv.pinned_tokens(),
-            "pins": len(holdings),
+            "pins": self.kv.pin_count(),
             "pin_cap_tokens": int(self.args.max_pinned_fraction * self.kv.pool_tokens()),
             "workflows": len(self.workflows),
             **vars(self.stats),
@@ -529,6 +529,10 @@ class AgentController:
 
     def check_integrity(self) -> None:
         """The controller's own invariants (tests run it after every operation)."""
+        counted = {state: 0 for state in self.state_counts}
+        for session in self.sessions.values():
+            counted[session.state] += 1
+        assert counted == self.state_counts, (counted, self.state_counts)
         for rid, session_id in self.rid_to_session.items():
             assert rid in self.sessions[session_id].running_rids, (rid, session_id)
         assert self.rids_in_scheduler <= set(self.rid_to_session), self.rids_in_scheduler - set(self.rid_to_session)

@@ -69,11 +69,16 @@ class HintChannel:
 
     async def call(self, kind: str, body: dict, rid: Optional[str] = None) -> tuple[int, dict]:
         future = self.send(kind, body, rid)
+        # A timer, not asyncio.wait_for: no task per hint on the HTTP process's event loop.
+        timer = asyncio.get_running_loop().call_later(
+            HINT_TIMEOUT_S, lambda: future.done() or future.set_exception(asyncio.TimeoutError()))
         try:
-            answers = await asyncio.wait_for(future, HINT_TIMEOUT_S)
+            answers = await future
         except asyncio.TimeoutError:
             return 504, {"error": f"the scheduler did not answer the {kind} hint within {HINT_TIMEOUT_S:.0f} s",
                          "status": 504}
+        finally:
+            timer.cancel()
         return merge_answers(kind, answers)
 
 
