@@ -127,11 +127,11 @@ class AgentBackend(RequestListener):
                 return 200, {"agent_disabled": True}
             if kind == "stats":
                 return 200, {**self.snapshot(), "agent_disabled": True}
+            return 503, {"error": "agent hints are off after repeated internal errors (see the server log)",
+                         "status": 503}
         if kind == "stats":
             self._push_metrics(force=True)
             return 200, self.snapshot()
-            return 503, {"error": "agent hints are off after repeated internal errors (see the server log)",
-                         "status": 503}
         try:
             answer = self._guard(f"hint:{kind}", scheduler_side.apply_hint, self.controller, kind, body, rid,
                                  session_id=session_id or self.controller.rid_to_session.get(rid or ""),

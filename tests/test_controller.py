@@ -455,3 +455,92 @@ def test_a_session_in_two_workflows_is_needed_as_soon_as_either_needs_it(env):
     assert node.steps_to_execution == 1  # now w2: 1 step away (tool is next)
     ctl.workflow_step(WorkflowStep("w2", "tool"))
     assert node.steps_to_execution == 0
+
+
+# ---- work per request does not grow with the sessions sharing a prefix ---------------------------
+
+def test_a_turn_touches_no_per_session_state_of_a_shared_prefix(env, monkeypatch):
+    """Defect (issue "No lost work", 7): record_turn added the session to every node of its path and
+    recomputed each node's steps over all of that node's sessions, the system prompt node every
+    session shares included (3.2 ms per request at 26k sessions). Now a turn of a session outside
+    any workflow touches no node's per-session state at all, and a workflow session's turn sets its
+    own steps on its own path only. eval/bench_radix.py measures it at 100 to 100k sessions."""
+    from sglang_agent.cache.node import AgentTreeNode
+
+    cache, clock, ctl = env(pool=60_000)
+    system = list(range(500, 600))
+    for i in range(2000):
+        run_turn(cache, ctl, f"s{i}", f"r{i}", system + [1000 + i])
+    calls = []
+    original = AgentTreeNode.set_steps
+    monkeypatch.setattr(AgentTreeNode, "set_steps", lambda node, s, v: calls.append(node) or original(node, s, v))
+    run_turn(cache, ctl, "s5", "again", system + [1005, 7])
+    assert calls == []
+    shared = cache.last_node("s5")
+    while shared.parent is not cache.tree_core.root_node:
+        shared = shared.parent  # the system prompt's node, which all 2,000 sessions run through
+    assert list(shared.key)[:3] == [500, 501, 502]
+    assert not shared.step_sessions and not shared.pin_deadlines
+    ctl.declare_workflow(WorkflowDef("wf", (WorkflowAgent("a", "s7"), WorkflowAgent("b", "s8")), schedule=("a", "b")))
+    calls.clear()
+    run_turn(cache, ctl, "s7", "again7", system + [1007, 9])
+    assert len(calls) <= 3  # its path: the shared prefix, its old turn and the new one
+    assert shared.step_counts == {0: 1, 1: 1}  # two workflow sessions' values, not 2,000 sessions'
+
+
+def test_a_reloaded_session_is_protected_until_its_predicted_return(env):
+    """Defect (issue "No lost work", 9c): the reloaded KV was unprotected and could be evicted again
+    before the turn arrived. A reload the host tier reports back is pinned until the predicted
+    return plus the grace; the resumed turn consumes it."""
+    from sglang_agent.policy.temporal import HostEvents
+
+    class FakeHost:
+        def __init__(self):
+            self.jobs, self.events = {}, HostEvents()
+
+        def reload_s(self, tokens):
+            return 0.001 * tokens / 100
+
+        def room_tokens(self):
+            return 10_000
+
+        def offload(self, session_id, tokens, prefetch_at, keep_until):
+            self.jobs[session_id] = (prefetch_at, keep_until)
+
+        def prefetch_now(self, session_id):
+            pass
+
+        def turn_arrived(self, session_id):
+            self.jobs.pop(session_id, None)
+
+        def prefetch_prefix(self, session_id):
+            return 0
+
+        def forget(self, session_id):
+            self.jobs.pop(session_id, None)
+
+        def has_job(self, session_id):
+            return session_id in self.jobs
+
+        def poll(self, now, headroom_tokens):
+            events, self.events = self.events, HostEvents()
+            return events
+
+        def snapshot(self):
+            return {"host_tier": "fake"}
+
+    cache, clock, ctl = env(pool=400, resume_grace_s=2.0)
+    host = ctl.host_tier = ctl.workflows.host_tier = FakeHost()
+    ctl.load_probe = lambda: LoadSnapshot(waiting_requests=3)  # memory pressure: offload
+    run_turn(cache, ctl, "a", "r1", range(60))
+    answer = ctl.tool_start(ToolStart("a", "build", 20.0))
+    assert answer["action"] == "offload" and answer["offload_reason"] == "requests_waiting"
+    host.events = HostEvents(reloaded={"a": 25.0})  # back on the GPU; the tool returns ~25 s
+    ctl.on_step()
+    assert cache.pin_deadline("a") == 27.0 and ctl.stats.prefetches_protected == 1
+    clock.now = 24.0
+    ctl.bind("r2", InlineAgentHint("a"))  # the turn is here: the pin waits for it to finish
+    assert cache.pin_deadline("a") is not None
+    run_turn_end = insert(cache, list(range(60)) + [1])
+    ctl.turn_finished(FakeReq("r2", run_turn_end.last_device_node, list(range(60)), 60))
+    assert cache.pin_deadline("a") is None

@@ -125,7 +125,7 @@ def channel() -> HintChannel:
 async def _read_json(request: Request):
     raw = await request.body()
     if len(raw) > hints.MAX_HINT_BODY_BYTES:
-        raise hints.HintError(413, f"hint body of {len(raw)} bytes is more than {hints.MAX_HINT_BODY_BYTES}")
+        raise hints.HintError(413, f"hint body of {len(raw)} bytes is over the limit of {hints.MAX_HINT_BODY_BYTES}")
     return parse_json(raw)
 
 
