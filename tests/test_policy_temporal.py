@@ -1,7 +1,7 @@
 import pytest
 
 from sglang_agent.policy.temporal import (
-    DROP, OFFLOAD, PIN, POOL_ABOVE_WATERMARK, REQUESTS_WAITING, decide_placement, memory_pressure, predicted_return_s,
+    DROP, KEEP, OFFLOAD, PIN, POOL_ABOVE_WATERMARK, REQUESTS_WAITING, decide_placement, memory_pressure, predicted_return_s,
 )
 from sglang_agent.policy.ttl import EvictionCost, TTLDecision, choose_ttl
 
@@ -24,6 +24,12 @@ def test_short_tool_stays_pinned():
     samples = [0.1, 0.2, 0.3]
     d = decide_placement(samples, COST, ttl_for(samples), host_room=True, max_host_keep_s=600, memory_pressure=REQUESTS_WAITING)
     assert d.action == PIN and d.ttl_s == 0.3 and d.prefetch_after_s is None
+
+
+def test_a_reload_dearer_than_recompute_leaves_the_ttl_decision():
+    slow = EvictionCost(recompute_s=0.1, reload_s=0.5, queue_delay_s=0.0)
+    d = decide_placement([8.0], slow, ttl_for([8.0]), host_room=True, max_host_keep_s=600, memory_pressure=None)
+    assert d.action == PIN
 
 
 def test_no_host_room_or_no_host_path_falls_back_to_the_ttl():
@@ -54,7 +60,7 @@ def test_no_offload_without_memory_pressure():
     idle server was offloaded."""
     samples = [8.0, 10.0, 12.0]
     d = decide_placement(samples, COST, ttl_for(samples), host_room=True, max_host_keep_s=600, memory_pressure=None)
-    assert d.action == PIN
+    assert d.action == KEEP  # HiCache's own host copy covers an eviction; no GPU memory is held for it
     assert memory_pressure(0, free_tokens=900, pool_tokens=1000, watermark=0.8) is None
     assert memory_pressure(3, free_tokens=900, pool_tokens=1000, watermark=0.8) == REQUESTS_WAITING
     assert memory_pressure(0, free_tokens=150, pool_tokens=1000, watermark=0.8) == POOL_ABOVE_WATERMARK

@@ -133,3 +133,18 @@ def test_hicache_reloads_an_evicted_context_from_host_instead_of_recomputing():
     assert resumed.cached_tokens == 102
     assert hc["A"].jct_s < lru["A"].jct_s
     assert hc["C"].turns[0].admitted_s == pytest.approx(lru["C"].turns[0].admitted_s)  # nobody waits for it
+
+
+def test_a_turn_before_the_planned_reload_starts_it_at_once():
+    """Regression: the simulated host tier kept a copy's planned reload time when the turn came
+    earlier, so the resumed turn waited for a prefetch planned for a tool it did not run (ours fell
+    to 0.53x of HiCache on BFCL at 8/s). The reload starts at the arrival, as the server's admission
+    loads it."""
+    from eval.sim.host_tier import SimHostTier
+
+    clock = [0.0]
+    tier = SimHostTier(10_000, LinearCost(), lambda: clock[0])
+    tier.offload("s", 1000, prefetch_at=30.0, keep_until=60.0)
+    clock[0] = 2.0
+    tier.turn_arrived("s")
+    assert tier.take("s", 1000) == pytest.approx(LinearCost().reload_s(1000))

@@ -62,7 +62,9 @@ class SimHostTier:
             copy.prefetch_at = min(copy.prefetch_at, self.clock())
 
     def turn_arrived(self, session_id: str) -> None:
-        """The copy stays until the turn's admission takes it (`take`)."""
+        """The turn came before the planned reload: the reload starts now (as the server's admission
+        loads it at once); the copy stays until the admission takes it (`take`)."""
+        self.prefetch_now(session_id)
 
     def poll(self, now: float, headroom_tokens: int) -> HostEvents:
         lapsed = [s for s, c in self.copies.items() if c.expires_at <= now]

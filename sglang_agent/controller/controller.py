@@ -22,7 +22,7 @@ from sglang_agent.policy import Clock
 from sglang_agent.policy.pins import plan_pin
 from sglang_agent.policy.session_machine import Event, Go, Refuse, State, transition
 from sglang_agent.policy.temporal import (
-    OFFLOAD, POOL_ABOVE_WATERMARK, REQUESTS_WAITING, decide_placement, memory_pressure,
+    KEEP, OFFLOAD, POOL_ABOVE_WATERMARK, REQUESTS_WAITING, decide_placement, memory_pressure,
 )
 from sglang_agent.policy.ttl import EvictionCost, ToolDurationModel, choose_ttl, memory_cost_rate
 from sglang_agent.policy.workflow import WorkflowPace
@@ -433,6 +433,9 @@ class AgentController:
                 return {**body, "action": OFFLOAD, "offloaded_tokens": path_tokens,
                         "prefetch_after_s": placement.prefetch_after_s, "host_keep_s": placement.ttl_s,
                         "offload_reason": pressure, "reason": placement.reason}
+            if placement.action == KEEP:
+                self.stats.kept_with_host_copy += 1
+                return {**body, "action": KEEP, "reason": placement.reason}
         if decision.ttl_s <= 0:
             self.stats.pins_refused += 1
             return body

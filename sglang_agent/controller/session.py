@@ -51,6 +51,7 @@ class AgentStats:
     offloads_for_waiting_requests: int = 0
     offloads_for_pool_watermark: int = 0
     offloads_expired: int = 0  # the host copy's keep time ran out before the tool returned
+    kept_with_host_copy: int = 0  # no pressure: left as ordinary cache, HiCache's host copy covers it
     prefetch_hits: int = 0  # offloaded sessions whose resumed turn found its prompt back on the GPU
     prefetch_misses: int = 0  # ... that found it on host only (loaded at admission) or recomputed
     prefetches_protected: int = 0  # reloaded paths pinned until their turn's predicted arrival

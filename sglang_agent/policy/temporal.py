@@ -16,7 +16,7 @@ from typing import Optional, Sequence
 
 from sglang_agent.policy.ttl import EvictionCost, TTLDecision
 
-PIN, OFFLOAD, DROP = "pin", "offload", "drop"
+PIN, OFFLOAD, DROP, KEEP = "pin", "offload", "drop", "keep"
 REQUESTS_WAITING, POOL_ABOVE_WATERMARK = "requests_waiting", "pool_above_watermark"
 # Offload only when the tool is expected to outlast the reload by this factor (copy out and
 # back both cost PCIe time, and a prediction error on a short tool turns into a stall).
@@ -62,17 +62,25 @@ def decide_placement(
     max_host_keep_s: float,
     memory_pressure: Optional[str],
 ) -> TemporalDecision:
-    """Offload only when the GPU needs the memory (`memory_pressure` names why: requests waiting,
-    or the pool above its watermark) and the tool outlasts the reload; otherwise the TTL decision
-    stands. The host copy is kept past the predicted return (twice it, at least the TTL), up to
-    `max_host_keep_s`, not capped at the pin TTL: a 5-minute tool is still brought back."""
+    """Where the KV of a session waits out its tool call.
+
+    With a host tier whose reload is cheaper than recomputing: under memory pressure (requests
+    waiting, or the pool above its watermark) and a tool that outlasts the reload, offload (TokenCake:
+    free what the GPU needs, bring it back before the predicted return); without pressure, keep it
+    as an ordinary cached prefix (SGLang's HiCache already holds its host copy, so an eviction
+    costs only a reload: a hard pin would hold GPU memory to save that reload). Without a cheap
+    reload path, the TTL decision stands (Continuum). The host copy is kept past the predicted
+    return (twice it, at least the TTL), up to `max_host_keep_s`, not capped at the pin TTL."""
     expected = predicted_return_s(durations_s)
     reload = cost.reload_s
-    if (memory_pressure and host_room and reload is not None and reload < cost.recompute_s
-            and expected >= OFFLOAD_MIN_RATIO * reload):
+    cheap_reload = reload is not None and reload < cost.recompute_s
+    if cheap_reload and memory_pressure and host_room and expected >= OFFLOAD_MIN_RATIO * reload:
         keep = min(max_host_keep_s, max(ttl.ttl_s, 2.0 * expected))
         return TemporalDecision(OFFLOAD, keep, max(0.0, expected - reload),
                                 f"{memory_pressure}: tool ~{expected:.2f} s outlasts a {reload:.3f} s reload")
+    if cheap_reload and not memory_pressure:
+        return TemporalDecision(KEEP, 0.0, None,
+                                f"no memory pressure: an eviction would cost a {reload:.3f} s reload from host")
     if ttl.ttl_s > 0:
         return TemporalDecision(PIN, ttl.ttl_s, None, ttl.reason)
     return TemporalDecision(DROP, 0.0, None, ttl.reason)
