@@ -1,7 +1,7 @@
 """Reproduce the papers' figures with the trace-driven simulator.
 
     python -m eval.reproduce --all                 # every figure (the project's main job)
-    python -m eval.reproduce --figure jct          # one of: jct, throughput, hit_rate, ttl, workflow
+    python -m eval.reproduce --figure jct          # one of: jct, throughput, hit_rate, ttl, workflow, hints
     python -m eval.reproduce --all --quick         # small sizes, for a smoke run
 
 Figures (PNG) and their data (CSV) go to eval/results/. Workloads: BFCL v4 multi-turn programs
@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import csv
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from tqdm import tqdm
@@ -29,7 +29,7 @@ from eval.traces.format import Program, with_poisson_arrivals
 from eval.traces.synthetic import coding_agent_programs, multi_agent_workflows
 
 RESULTS = Path(__file__).parent / "results"
-FIGURES = ("jct", "throughput", "hit_rate", "ttl", "workflow")
+FIGURES = ("jct", "throughput", "hit_rate", "ttl", "workflow", "hints")
 # The multi-agent workload's KV pool: its 24 agent prompts (144k tokens) fit, with little room
 # to spare, so eviction choices between agents matter (KVFlow's setting).
 WORKFLOW_POOL_TOKENS = 200_000
@@ -92,6 +92,48 @@ def workflow_sweep(cost, out: Path, seed: int, quick: bool) -> list[dict]:
     return rows
 
 
+HINTED = ("continuum", "ours")
+
+
+def hints_sweep(work, cost, out: Path, seed: int) -> list[dict]:
+    """What an unmodified agent gets next to a hinted one. Zero-hint (every policy's default):
+    the tool's duration is learned online per tool name and the session is the conversation,
+    which the server finds from the prompt (in a trace each prompt extends the previous one, so
+    that finding is exact). Hinted: each tool_start also declares the tool's true duration."""
+    rows = []
+    jobs = [(name, rate, policy, declared) for name, (w, _) in work.items() for rate in (w.ttl_rate_per_s, w.rates_per_s[-1])
+            for policy in HINTED for declared in (False, True)]
+    for name, rate, policy, declared in tqdm(jobs, desc="zero-hint vs hinted", unit="run"):
+        spec = replace(POLICIES[policy], declare_durations=declared)
+        summary = summarize(simulate(with_poisson_arrivals(work[name][1], rate, seed), cost, spec))
+        rows.append({"workload": name, "rate_per_s": rate, "clients": "hinted" if declared else "zero-hint", **summary})
+    write_csv(out / "hints.csv", rows)
+    return rows
+
+
+def plot_hints(rows, out: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = sorted({r["workload"] for r in rows})
+    fig, axes = plt.subplots(1, len(names), figsize=(5.5 * len(names), 4), squeeze=False)
+    for ax, name in zip(axes[0], names):
+        cases = sorted({(r["rate_per_s"], r["policy"]) for r in rows if r["workload"] == name})
+        labels = [f"{policy}\n{rate:g}/s" for rate, policy in cases]
+        for i, clients in enumerate(("zero-hint", "hinted")):
+            jct = [next(r["avg_jct_s"] for r in rows if r["workload"] == name and r["rate_per_s"] == rate
+                        and r["policy"] == policy and r["clients"] == clients) for rate, policy in cases]
+            ax.bar([x + 0.4 * i for x in range(len(cases))], jct, width=0.4, label=clients)
+        ax.set_xticks([x + 0.2 for x in range(len(cases))], labels)
+        ax.set_ylabel("average JCT (s)")
+        ax.set_title(f"{name}: clients that declare tool durations or not")
+        ax.grid(alpha=0.3, axis="y")
+        ax.legend()
+    return _save(fig, out / "hints.png")
+
+
 def plot_workflow(rows, out: Path) -> Path:
     import matplotlib
 
@@ -110,8 +152,13 @@ def plot_workflow(rows, out: Path) -> Path:
         ax.grid(alpha=0.3)
     axes[0].set_title(f"multi-agent workflows, {WORKFLOW_POOL_TOKENS // 1000}k-token KV pool")
     axes[0].legend()
+    return _save(fig, out / "workflow.png")
+
+
+def _save(fig, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
-    path = out / "workflow.png"
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
@@ -143,9 +190,7 @@ def _plot_metric(rows, metric: str, ylabel: str, path: Path, title: str) -> None
             ax.set_yscale("log")
         ax.grid(alpha=0.3)
     axes[0][0].legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def plot_sweep(rows, out: Path, figure: str) -> list[Path]:
@@ -180,11 +225,7 @@ def plot_ttl(rows, out: Path) -> Path:
         ax.set_title(f"{name}: TTL sensitivity at {rows[0]['rate_per_s'] if len(names) == 1 else ''}".rstrip(" at"))
         ax.grid(alpha=0.3)
         ax.legend()
-    fig.tight_layout()
-    path = out / "ttl_sensitivity.png"
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, out / "ttl_sensitivity.png")
 
 
 def main(argv=None) -> None:
@@ -205,7 +246,7 @@ def main(argv=None) -> None:
     if set(figures) & {"jct", "throughput", "hit_rate"}:
         rows = sweep(work, cost, args.out, args.seed)
         for figure in figures:
-            if figure != "ttl":
+            if figure in ("jct", "throughput", "hit_rate"):
                 written += plot_sweep(rows, args.out, figure)
         written.append(args.out / "sweep.csv")
     if "workflow" in figures:
@@ -214,6 +255,8 @@ def main(argv=None) -> None:
     if "ttl" in figures:
         written += [plot_ttl(ttl_sweep(work, cost, args.out, args.seed, args.quick), args.out),
                     args.out / "ttl_sensitivity.csv"]
+    if "hints" in figures:
+        written += [plot_hints(hints_sweep(work, cost, args.out, args.seed), args.out), args.out / "hints.csv"]
     for path in written:
         print(path)
 

@@ -2,7 +2,8 @@
 scheduler ends it exactly once in the controller (the other exits are the tree cache's
 `on_release` for finished requests and `finish(ABORT)` for those aborted while queued):
 - Scheduler.handle_generate_request (AFTER): the scheduler has the request (from now on it is
-  ended by the scheduler, not by the HTTP layer's "gone");
+  ended by the scheduler, not by the HTTP layer's "gone"); an unbound one whose prompt extends an
+  implicit session's path is bound to it here (on every TP rank alike: the same tree);
 - Scheduler.send_abort_output (AFTER): the scheduler ended a request outside the output stream
   (aborted while queued, rejected by the queue limit, aborted at retraction)."""
 
@@ -18,7 +19,7 @@ ABORT = "sglang.srt.managers.scheduler.Scheduler.send_abort_output"
 def _after_handle_generate_request(result, scheduler, recv_req, *args, **kwargs):
     backend = of_scheduler(scheduler)
     if backend is not None:
-        backend.request_entered(recv_req.rid)
+        backend.request_entered(recv_req.rid, recv_req)
     return result
 
 

@@ -123,7 +123,7 @@ class AgentBackend(RequestListener):
         if self.disabled:
             self._push_metrics(force=True)
             # Requests still run (as on upstream SGLang); only the hint routes say why nothing happens.
-            if kind in ("bind", "unbind", "gone"):
+            if kind in ("bind", "unbind", "gone", "turn_outcome"):
                 return 200, {"agent_disabled": True}
             if kind == "stats":
                 return 200, {**self.snapshot(), "agent_disabled": True}
@@ -156,8 +156,8 @@ class AgentBackend(RequestListener):
                 self._logged.add(("metrics", "push"))
                 logger.exception("sglang-agent: pushing the agent metrics failed")
 
-    def request_entered(self, rid: str) -> None:
-        self._guard("request_entered", self.controller.request_entered, rid)
+    def request_entered(self, rid: str, prompt=None) -> None:
+        self._guard("request_entered", self.controller.request_entered, rid, prompt)
 
     def turn_finished(self, req) -> None:  # RequestListener
         self._guard("turn_finished", self.controller.turn_finished, req,

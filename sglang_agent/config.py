@@ -42,6 +42,13 @@ class AgentServerArgs:
     # HiCache's host<->GPU copy engine: upstream's kernels, or our Triton kernel (cache/host_copy.py).
     # "auto": upstream's where they run (CUDA), ours without CUDA (upstream's have no CPU build).
     copy_engine: str = "auto"
+    # Zero-hint agents: recognise tool-call turns in the server's own answers, and sessions from the
+    # prompts that extend a session's cached path. Off: only explicit hints count.
+    detect_tool_calls: bool = True
+    # Text agents: a regex over the answer's text that marks a tool call (group `tool`: its name).
+    tool_call_pattern: str = ""
+    # Longest pin a client's own TTL (cache_control, tool_start.ttl_s) may ask for.
+    max_cache_ttl_s: float = 3600.0
 
     def __post_init__(self):
         if not 0.0 <= self.max_pinned_fraction <= 1.0:
@@ -59,6 +66,13 @@ class AgentServerArgs:
             raise ValueError("--agent-session-idle-s must be > 0")
         if self.copy_engine not in ("auto", "upstream", "triton"):
             raise ValueError(f"--agent-copy-engine must be auto, upstream or triton, got {self.copy_engine!r}")
+        if self.tool_call_pattern:
+            import re
+
+            try:
+                re.compile(self.tool_call_pattern)
+            except re.error as e:
+                raise ValueError(f"--agent-tool-call-pattern is not a regular expression: {e}") from None
         if self.pin_mode not in ("soft", "hard"):
             raise ValueError(f"--agent-pin-mode must be soft or hard, got {self.pin_mode!r}")
         if not self.tool_prior_s or any(d < 0 for d in self.tool_prior_s):
@@ -103,6 +117,15 @@ class AgentServerArgs:
                                 "kernel (one launch for all layers; adds --hicache-io-backend kernel "
                                 "--hicache-mem-layout layer_first unless named). auto (default): upstream's on "
                                 "a GPU, ours without CUDA, where upstream's have no build.")
+        group.add_argument("--agent-tool-call-pattern", default=d.tool_call_pattern, metavar="REGEX",
+                           help="Text agents: a turn whose answer matches REGEX ends in a tool call (a group "
+                                "named 'tool' gives the tool's name), e.g. mini-swe-agent's "
+                                "'```bash\\n(?P<tool>\\S+)' or ReAct's 'Action: (?P<tool>\\w+)'. Chat answers "
+                                "with tool_calls (--tool-call-parser) or a forced tool_choice are recognised "
+                                "without it.")
+        group.add_argument("--agent-disable-tool-call-detection", action="store_true",
+                           help="Only explicit hints count: no tool calls recognised in answers, no sessions "
+                                "found from prompts (zero-hint agents then get upstream behaviour).")
         group.add_argument("--agent-disable-program-fcfs", action="store_true",
                            help="Order resumed turns by their own arrival (upstream FCFS).")
 
@@ -126,6 +149,8 @@ class AgentServerArgs:
             max_host_keep_s=args.agent_max_host_keep_s,
             session_idle_s=args.agent_session_idle_s,
             copy_engine=args.agent_copy_engine,
+            detect_tool_calls=not args.agent_disable_tool_call_detection,
+            tool_call_pattern=args.agent_tool_call_pattern,
         )
 
     def resolved_copy_engine(self) -> str:

@@ -222,7 +222,7 @@ def server_args(cfg: DemoConfig, device: str) -> list[str]:
 
 
 def start_servers(model_path: Path, cfg: DemoConfig, device: str, port: Optional[int], workdir: Path,
-                  servers: list[LocalServer]) -> dict[str, LocalServer]:
+                  servers: list[LocalServer], start_timeout_s: float = 600.0) -> dict[str, LocalServer]:
     """Start both at once (they boot in parallel), then wait for each; a failure raises
     ServerStartError naming the server and its log tail. `servers` collects them as they start,
     so the caller stops whatever came up."""
@@ -234,7 +234,7 @@ def start_servers(model_path: Path, cfg: DemoConfig, device: str, port: Optional
         started[name] = server
         print(f"[demo] starting {name} ({module}) on {server.url}, pid {server.pid}, log {server.log_path}", flush=True)
     for name, server in started.items():
-        server.wait_healthy()
+        server.wait_healthy(start_timeout_s)
         print(f"[demo] {name} is up", flush=True)
     return started
 

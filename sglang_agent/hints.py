@@ -39,6 +39,8 @@ class ToolStart:
     session_id: str
     tool_name: str
     expected_duration_s: Optional[float] = None
+    ttl_s: Optional[float] = None  # pin exactly this long (cache_control): no TTL policy
+    detected: bool = False  # the server recognised the call in the turn's output (no client hint)
 
 
 @dataclass(frozen=True)
@@ -74,6 +76,7 @@ class InlineAgentHint:
     session_id: str
     tool_start: Optional[ToolStart] = None  # this turn ends in a tool call
     workflow_step: Optional[WorkflowStep] = None  # this request is that agent's step
+    close_after_turn: bool = False  # the session ends with this turn (Continuum's is_last_step)
 
 
 def _require_object(body: Any, where: str) -> dict:
@@ -111,14 +114,37 @@ def _duration(body: dict, key: str, where: str) -> Optional[float]:
     return value
 
 
+MAX_FIXED_TTL_S = 3600.0
+
+
 def parse_tool_start(body: Any, where: str = "tool_start") -> ToolStart:
     body = _require_object(body, where)
-    _check_keys(body, {"session_id", "tool_name", "expected_duration_s"}, where)
+    _check_keys(body, {"session_id", "tool_name", "expected_duration_s", "ttl_s"}, where)
+    ttl = _duration(body, "ttl_s", where)
+    if ttl is not None and not 0 < ttl <= MAX_FIXED_TTL_S:
+        raise HintError(400, f"{where}: 'ttl_s' must be in (0, {MAX_FIXED_TTL_S:.0f}] seconds, got {ttl}")
     return ToolStart(
         session_id=_identifier(body, "session_id", where),
         tool_name=_identifier(body, "tool_name", where),
         expected_duration_s=_duration(body, "expected_duration_s", where),
+        ttl_s=ttl,
     )
+
+
+def parse_turn_outcome(body: Any) -> tuple[list[str], Optional[float], bool]:
+    """What the HTTP layer saw in a finished turn's answer (server-internal; tools called, a
+    cache_control TTL to pin for, close the session)."""
+    where = "turn_outcome"
+    body = _require_object(body, where)
+    _check_keys(body, {"tools", "cache_ttl_s", "close", "session_id"}, where)
+    tools = body.get("tools") or []
+    if not isinstance(tools, list) or not all(isinstance(t, str) and len(t) <= MAX_ID_CHARS for t in tools):
+        raise HintError(400, f"{where}: 'tools' must be a list of tool names")
+    ttl = _duration(body, "cache_ttl_s", where)
+    close = body.get("close", False)
+    if not isinstance(close, bool):
+        raise HintError(400, f"{where}: 'close' must be true or false")
+    return tools, ttl, close
 
 
 def parse_session_ref(body: Any, where: str) -> SessionRef:
@@ -130,7 +156,7 @@ def parse_session_ref(body: Any, where: str) -> SessionRef:
 def parse_inline(body: Any) -> InlineAgentHint:
     where = "agent"
     body = _require_object(body, where)
-    _check_keys(body, {"session_id", "tool_start", "workflow_step"}, where)
+    _check_keys(body, {"session_id", "tool_start", "workflow_step", "close_after_turn"}, where)
     session_id = _identifier(body, "session_id", where)
     tool_start = step = None
     if body.get("tool_start") is not None:
@@ -138,7 +164,10 @@ def parse_inline(body: Any) -> InlineAgentHint:
         tool_start = parse_tool_start({**raw, "session_id": session_id}, "agent.tool_start")
     if body.get("workflow_step") is not None:
         step = parse_workflow_step(body["workflow_step"], "agent.workflow_step")
-    return InlineAgentHint(session_id, tool_start, step)
+    close = body.get("close_after_turn", False)
+    if not isinstance(close, bool):
+        raise HintError(400, f"{where}: 'close_after_turn' must be true or false")
+    return InlineAgentHint(session_id, tool_start, step, close)
 
 
 def parse_workflow_step(body: Any, where: str = "workflow/step") -> WorkflowStep:

@@ -20,6 +20,8 @@ import requests
 CPU_SERVER_ARGS = [
     "--device", "cpu", "--load-format", "dummy", "--attention-backend", "torch_native",
     "--skip-server-warmup", "--dtype", "bfloat16",
+    # An idle scheduler polls its sockets instead of spinning a core (and still steps once a second).
+    "--sleep-on-idle",
 ]
 STOCK_SERVER = "sglang.launch_server"
 AGENT_SERVER = "sglang_agent.launch_server"

@@ -19,6 +19,19 @@ _CORPUS = [
 ]
 
 
+# Renders tools (OpenAI `tools`), assistant tool calls and tool results, so agents that use tools run
+# against the tiny model (its dummy weights make up the words; constrained decoding the calls' shape).
+CHAT_TEMPLATE = (
+    "{% if tools %}<s>tools: {{ tools | tojson }}\n{% endif %}"
+    "{% for m in messages %}<s>{{ m['role'] }}: "
+    "{% if m['content'] is string %}{{ m['content'] }}"
+    "{% elif m['content'] %}{% for p in m['content'] %}{{ p['text'] if p['text'] is defined else '' }}{% endfor %}"
+    "{% endif %}"
+    "{% if m['tool_calls'] is defined and m['tool_calls'] %}{{ m['tool_calls'] | tojson }}{% endif %}\n"
+    "{% endfor %}{% if add_generation_prompt %}<s>assistant: {% endif %}"
+)
+
+
 def write_tiny_llama(path: Path, num_layers: int = 2, hidden_size: int = 256) -> Path:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
@@ -35,8 +48,7 @@ def write_tiny_llama(path: Path, num_layers: int = 2, hidden_size: int = 256) ->
     (path / "tokenizer_config.json").write_text(json.dumps({
         "tokenizer_class": "PreTrainedTokenizerFast", "bos_token": "<s>", "eos_token": "</s>",
         "unk_token": "<unk>", "model_max_length": 4096,
-        "chat_template": "{% for m in messages %}<s>{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
-                         "{% if add_generation_prompt %}<s>assistant: {% endif %}",
+        "chat_template": CHAT_TEMPLATE,
     }))
     (path / "config.json").write_text(json.dumps({
         "architectures": ["LlamaForCausalLM"], "model_type": "llama",

@@ -544,3 +544,170 @@ def test_a_reloaded_session_is_protected_until_its_predicted_return(env):
     run_turn_end = insert(cache, list(range(60)) + [1])
     ctl.turn_finished(FakeReq("r2", run_turn_end.last_device_node, list(range(60)), 60))
     assert cache.pin_deadline("a") is None
+
+
+# ---- zero-hint agents: tool calls recognised, sessions found from the prompt ----------------------
+
+def upstream_nodes(cache):
+    from sglang_agent import upstream
+
+    return list(upstream.all_nodes(cache.tree_core))
+
+
+def unbound_turn(cache, ctl, rid, key, cached=0, tools=("bash",)):
+    """A request with no hint at all: the scheduler sees it, it finishes, the HTTP layer reports
+    the tool call it found in the answer."""
+    ctl.request_entered(rid, list(key))
+    result = insert(cache, key)
+    ctl.turn_finished(FakeReq(rid, result.last_device_node, list(key), cached))
+    return ctl.turn_outcome(rid, list(tools), None, False) if tools else None
+
+
+def test_an_unbound_tool_call_turn_becomes_an_implicit_session_pinned_and_resumed(env):
+    cache, clock, ctl = env(pool=400)
+    system = list(range(500, 560))
+    first = system + list(range(10))
+    outcome = unbound_turn(cache, ctl, "r1", first)
+    session_id = outcome["session_id"]
+    assert session_id == "~r1" and outcome["tool_start"]["pinned_tokens"] == len(first)
+    assert ctl.sessions[session_id].state is State.IN_TOOL and ctl.stats.tool_calls_detected == 1
+    clock.now = 3.0
+    # The next prompt extends the path (previous prompt + its answer + the tool's result).
+    resumed = first + [77, 78, 79]
+    ctl.request_entered("r2", resumed)
+    assert ctl.rid_to_session["r2"] == session_id and ctl.sessions[session_id].state is State.RUNNING
+    assert ctl.durations.samples("bash")[0] == pytest.approx(3.0)  # the tool's learned duration
+    result = insert(cache, resumed)
+    ctl.turn_finished(FakeReq("r2", result.last_device_node, resumed, len(first)))
+    assert ctl.snapshot()["resumed_turns_with_hit"] == 1 and cache.pin_deadline(session_id) is None
+    assert "bash" in ctl.snapshot()["tool_durations"]
+
+
+def test_an_implicit_program_arrived_with_its_first_turn_for_program_fcfs(env):
+    cache, clock, ctl = env(pool=400)
+    clock.now = 10.0
+    key = list(range(500, 560))
+    ctl.request_entered("r1", list(key))
+    clock.now = 14.0  # the first turn took 4 s; it ends in a tool call
+    result = insert(cache, key)
+    ctl.turn_finished(FakeReq("r1", result.last_device_node, list(key), 0))
+    session_id = ctl.turn_outcome("r1", ["bash"], None, False)["session_id"]
+    clock.now = 20.0
+    ctl.request_entered("r2", key + [1, 2])
+    assert ctl.program_arrival("r2") == 10.0  # not the turn's end, nor the resumed turn's arrival
+    assert ctl.snapshot()["index_sizes"]["unbound_in_flight"] == 0
+    # An unbound request that is dropped leaves nothing behind.
+    ctl.request_entered("r3", [7, 7, 7])
+    ctl.request_dropped("r3")
+    assert ctl.snapshot()["index_sizes"]["unbound_in_flight"] == 0 and session_id in ctl.sessions
+
+
+def test_two_conversations_sharing_a_system_prompt_stay_apart(env):
+    cache, clock, ctl = env(pool=600)
+    system = list(range(500, 560))
+    a, b = system + [1, 2, 3], system + [9, 8, 7]
+    sa = unbound_turn(cache, ctl, "a1", a)["session_id"]
+    sb = unbound_turn(cache, ctl, "b1", b)["session_id"]
+    assert sa != sb
+    ctl.request_entered("b2", b + [5, 5])
+    ctl.request_entered("a2", a + [6])
+    assert ctl.rid_to_session == {"b2": sb, "a2": sa}
+    # A third conversation with only the system prompt in common resumes neither.
+    ctl.request_entered("c1", system + [4, 4, 4])
+    assert "c1" not in ctl.rid_to_session
+
+
+def test_a_prompt_that_diverges_before_the_previous_prompt_ended_resumes_nothing(env):
+    cache, clock, ctl = env(pool=400)
+    first = list(range(100, 140))
+    session_id = unbound_turn(cache, ctl, "r1", first)["session_id"]
+    ctl.request_entered("r2", first[:30] + [1, 2, 3])  # edits the middle of the conversation
+    assert "r2" not in ctl.rid_to_session and ctl.sessions[session_id].state is State.IN_TOOL
+    # A resumed prompt re-tokenizes the previous answer: the join token may differ, still resumed.
+    ctl.request_entered("r3", first[:-1] + [999, 5])
+    assert ctl.rid_to_session["r3"] == session_id
+
+
+def test_no_tool_call_no_session_and_detection_off_is_upstream(env):
+    cache, clock, ctl = env()
+    unbound_turn(cache, ctl, "r1", range(20), tools=())
+    assert ctl.snapshot()["sessions"] == 0
+    cache2, clock2, off = env(detect_tool_calls=False)
+    assert unbound_turn(cache2, off, "r1", range(20))["applied"] is False
+    assert off.snapshot()["sessions"] == 0
+    # A client's own cache_control still counts with detection off: it is an explicit hint.
+    off.request_entered("r2", list(range(40, 60)))
+    off.turn_finished(FakeReq("r2", insert(cache2, range(40, 60)).last_device_node, list(range(40, 60))))
+    assert off.turn_outcome("r2", ["bash"], 60.0, False)["tool_start"]["ttl_s"] == 60.0
+    assert off.sessions["~r2"].tool.tool_name == "cache_control"
+
+
+def test_a_resumed_prompt_that_re_renders_the_answer_still_resumes(env):
+    # The turn's answer is in the tree after its prompt; the client sends the call back in another
+    # form (the chat template renders tool_calls, not the text the model wrote): the prompt diverges
+    # right where the answer began, and still resumes the session (its previous prompt is covered).
+    cache, clock, ctl = env(pool=400)
+    prompt, answer = list(range(200, 240)), [7, 7, 7, 7]
+    ctl.request_entered("r1", prompt)
+    ctl.turn_finished(FakeReq("r1", insert(cache, prompt + answer).last_device_node, prompt))
+    session_id = ctl.turn_outcome("r1", ["bash"], None, False)["session_id"]
+    assert ctl.snapshot()["index_sizes"]["implicit_anchors"] == 1
+    ctl.request_entered("r2", prompt + [8, 8, 8])
+    assert ctl.rid_to_session["r2"] == session_id
+    assert ctl.snapshot()["index_sizes"]["implicit_anchors"] == 0  # running: no longer waiting
+
+
+def test_many_implicit_sessions_under_one_system_prompt_mark_only_their_own_nodes(env):
+    cache, clock, ctl = env(pool=4000)
+    system = list(range(1000, 1100))
+    for i in range(50):
+        unbound_turn(cache, ctl, f"r{i}", system + [i, i + 1, i + 2])
+    marked = [n for n in upstream_nodes(cache) if n.resume_anchors]
+    assert len(marked) >= 50 and all(len(n.resume_anchors) == 1 for n in marked)  # the system prompt's node carries none
+    ctl.request_entered("x", system + [17, 18, 19, 5])
+    assert ctl.rid_to_session["x"] == "~r17"
+
+
+def test_explicit_hints_win_over_recognised_ones(env):
+    cache, clock, ctl = env()
+    # Explicit tool_start inline: the recognised call changes nothing.
+    run_turn(cache, ctl, "s", "r1", range(30), tool=ToolStart("s", "pytest", 9.0))
+    assert ctl.turn_outcome("r1", ["bash"], None, False)["applied"] is False
+    assert ctl.sessions["s"].tool.tool_name == "pytest"
+    ctl.tool_end("s")
+    # Recognised first, explicit tool_start after: the client's hint replaces it (no 409).
+    run_turn(cache, ctl, "s", "r2", list(range(30)) + [1])
+    assert ctl.turn_outcome("r2", ["bash"], None, False)["applied"] is True
+    calls = ctl.stats.tool_calls
+    answer = ctl.tool_start(ToolStart("s", "pytest", 20.0))
+    assert answer["ttl_s"] == pytest.approx(25.0) and ctl.sessions["s"].tool.tool_name == "pytest"
+    assert ctl.stats.tool_calls == calls  # one tool call, not two
+
+
+def test_several_calls_in_one_turn_use_the_slowest_tools_distribution(env):
+    cache, clock, ctl = env()
+    for d in (20.0, 22.0, 25.0):
+        ctl.durations.observe("pytest", d)
+    for d in (0.1, 0.2):
+        ctl.durations.observe("ls", d)
+    run_turn(cache, ctl, "s", "r1", range(30))
+    ctl.turn_outcome("r1", ["ls", "pytest"], None, False)
+    assert ctl.sessions["s"].tool.tool_name == "pytest"
+
+
+def test_cache_control_pins_for_its_ttl_within_the_cap(env):
+    cache, clock, ctl = env(pool=200, max_pinned_fraction=0.5)
+    run_turn(cache, ctl, "s", "r1", range(40))
+    answer = ctl.turn_outcome("r1", [], 300.0, False)["tool_start"]
+    assert answer["ttl_s"] == 300.0 and answer["pinned_tokens"] == 40 and answer["reason"] == "TTL given by the client"
+    run_turn(cache, ctl, "t", "r2", range(100, 180))
+    assert ctl.turn_outcome("r2", [], 300.0, False)["tool_start"]["pinned_tokens"] == 0  # over the cap of 100
+
+
+def test_continuums_last_step_closes_the_session_after_its_turn(env):
+    cache, clock, ctl = env()
+    ctl.bind("r1", InlineAgentHint("job:7", close_after_turn=True))
+    ctl.request_entered("r1")
+    result = insert(cache, range(25))
+    ctl.turn_finished(FakeReq("r1", result.last_device_node, list(range(25))))
+    assert "job:7" not in ctl.sessions

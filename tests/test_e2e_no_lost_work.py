@@ -185,16 +185,18 @@ def test_reloads_wait_for_room_and_bystanders_finish(hicache_server):
     post(server, "/agent/tool_end", {"session_id": "off-1"})  # reload due now, beside the decode
     assert_finished_whole(running.result(), 300)
     assert stats(server)["reloads_waited"] >= 1  # it waited for room instead of taking the decode's
-    # A bystander with no hint while other sessions are offloaded and reloaded around it.
-    generate(server, ids(13, 900), agent={"session_id": "off-2"})
+    # A bystander with no hint while other sessions are offloaded and reloaded around it. off-1 is
+    # closed first: its reload is protected for its next turn, and the bystander (3,200 tokens and
+    # SGLang's decode reservation) must find room without evicting off-2's 600 before they offload.
+    post(server, "/agent/session/close", {"session_id": "off-1"})
+    generate(server, ids(13, 600), agent={"session_id": "off-2"})
     bystander = Streamed(server, ids(14, 3200), 300, ignore_eos=True)
     assert bystander.first.wait(120)
-    assert post(server, "/agent/tool_start", {"session_id": "off-2", "tool_name": "tests", "expected_duration_s": 30})[
-        "action"] == "offload"
+    start = post(server, "/agent/tool_start", {"session_id": "off-2", "tool_name": "tests", "expected_duration_s": 30})
+    assert start["action"] == "offload", json.dumps([start, stats(server)])
     post(server, "/agent/tool_end", {"session_id": "off-2"})
     assert_finished_whole(bystander.result(), 300)
-    for session in ("off-1", "off-2"):
-        post(server, "/agent/session/close", {"session_id": session})
+    post(server, "/agent/session/close", {"session_id": "off-2"})
     closed = stats(server)
     assert closed["pinned_tokens"] == 0 and closed["sessions"] == 0 and closed["sessions_offloaded"] == 0
     flushed = requests.post(server.url + "/flush_cache", timeout=60)

@@ -95,6 +95,11 @@ class Harness:
                 self.ctl.request_dropped(rid)
         elif event is Event.TOOL_START:
             self.ctl.tool_start(ToolStart("s", "bash", TTL_TOOL_S))
+        elif event is Event.TOOL_RESTART:  # an explicit tool_start over a recognised call
+            session = self.ctl.sessions.get("s")
+            if session is not None and session.tool is not None:
+                session.tool.detected = True
+            self.ctl.tool_start(ToolStart("s", "pytest", TTL_TOOL_S))
         elif event is Event.TOOL_END:
             self.ctl.tool_end("s")
         elif event is Event.CLOSE:

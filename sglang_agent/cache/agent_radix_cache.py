@@ -25,9 +25,11 @@ import dataclasses
 import heapq
 import itertools
 import time
+from array import array
 from typing import Callable, Iterable, Iterator, Optional
 
 from sglang.srt.mem_cache.cache_init_params import CacheInitParams
+from sglang.srt.mem_cache.radix_cache import RadixKey
 from sglang.srt.mem_cache.unified_cache.component_type import ComponentType
 from sglang.srt.mem_cache.unified_radix_cache import UnifiedRadixCache
 
@@ -72,6 +74,7 @@ class AgentRadixCache(UnifiedRadixCache):
     def reset(self) -> None:
         super().reset()
         self._session_last_node: dict[str, int] = {}  # session -> last node of its latest turn
+        self._anchor_nodes: dict[str, list[AgentTreeNode]] = {}  # session -> nodes with its resume mark
         # Pins: session -> deadline, the nodes it pins (kept complete across splits), its tree lock.
         self._pin_deadline: dict[str, float] = {}
         self._pinned_nodes: dict[str, set[AgentTreeNode]] = {}
@@ -98,6 +101,8 @@ class AgentRadixCache(UnifiedRadixCache):
             self._pin_count[new_parent] = self._pin_count[child]
         for session_id in child.step_sessions:
             self._step_nodes.setdefault(session_id, set()).add(new_parent)
+        for session_id in child.resume_anchors:
+            self._anchor_nodes[session_id].append(new_parent)
 
     # Requests leaving the tree: every way ends in exactly one of these two.
     def on_release(self, req, *, checkpointed: bool) -> None:
@@ -162,6 +167,75 @@ class AgentRadixCache(UnifiedRadixCache):
         """The node the session's latest turn ended on, if the tree still has it."""
         return self._node(self._session_last_node.get(session_id))
 
+    # ---- implicit sessions: the prompt that resumes a turn ---------------------------------------
+    def mark_resume_anchor(self, session_id: str, tokens: int) -> bool:
+        """An implicit session waits on a tool: a prompt matching `tokens` of its path resumes it.
+        Only the nodes at or past that point carry the mark (a shared system prompt's node does
+        not: 10k sessions under it cost it nothing). False: its path is no longer in the tree."""
+        self.unmark_resume_anchor(session_id)
+        path = list(self._path(session_id))  # deepest first
+        end, marked, tokens = sum(len(n.key) for n in path), [], max(1, tokens)
+        for node in path:
+            if end < tokens:
+                break
+            node.resume_anchors[session_id] = tokens
+            marked.append(node)
+            end -= len(node.key)
+        if marked:
+            self._anchor_nodes[session_id] = marked
+        return bool(marked)
+
+    def unmark_resume_anchor(self, session_id: str) -> None:
+        for node in self._anchor_nodes.pop(session_id, ()):
+            node.resume_anchors.pop(session_id, None)
+
+    def resume_anchor_count(self) -> int:
+        return len(self._anchor_nodes)
+
+    def _prompt_key(self, prompt) -> Optional[RadixKey]:
+        """A prompt as the tree keys it: token ids, or a request as the scheduler received it (its
+        LoRA adapter and cache salt namespace the tree, as in SGLang's Req)."""
+        ids = getattr(prompt, "input_ids", prompt)
+        if ids is None:
+            return None
+        extra, lora = getattr(prompt, "extra_key", None), getattr(prompt, "lora_id", None)
+        if lora is not None:
+            extra = (extra or "") + lora
+        return RadixKey(ids if isinstance(ids, array) else array("q", ids), extra,
+                        is_bigram=self.tree_core.is_eagle, cache_salt=getattr(prompt, "cache_salt", None) or None)
+
+    def session_on_prefix(self, prompt) -> Optional[str]:
+        """The implicit session a prompt resumes (token ids, or the request): walking the tree
+        along it (GPU and host nodes alike, read-only), the deepest node marked for a session whose
+        mark the walk covers (the most specific, then the latest, at that node). A prompt that
+        diverges before the previous turn's prompt ended resumes nothing."""
+        key = self._prompt_key(prompt)
+        if key is None:
+            return None
+        page = self.page_size
+        key = key.page_aligned(page)
+        node, matched, found = self.tree_core.root_node, 0, None
+        while len(key) > 0:
+            child = node.children.get(key.child_key(page))
+            if child is None:
+                break
+            if type(child.key.token_ids) is not type(key.token_ids):  # the tree's own key type
+                ids = key.token_ids
+                key = RadixKey(list(ids) if isinstance(ids, array) else array("q", ids), key.extra_key,
+                               is_bigram=key.is_bigram, cache_salt=key.cache_salt)
+            n = child.key.match(key, page_size=page)
+            if n == 0:
+                break
+            best = -1
+            for session_id, tokens in child.resume_anchors.items():
+                if tokens <= matched + n and tokens >= best:
+                    found, best = session_id, tokens
+            if n < len(child.key):
+                break
+            matched += n
+            node, key = child, key[n:]
+        return found
+
     def path_tokens(self, session_id: str) -> int:
         return sum(n.device_tokens for n in self._path(session_id))
 
@@ -170,6 +244,7 @@ class AgentRadixCache(UnifiedRadixCache):
         self.release_host(session_id)
         self.set_session_steps({session_id: None})
         self._session_last_node.pop(session_id, None)
+        self.unmark_resume_anchor(session_id)
 
     def access_clock(self) -> float:
         return upstream.lru_counter()

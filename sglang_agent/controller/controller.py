@@ -10,6 +10,7 @@ time only from its injected clock, so the server and the simulator drive the sam
 from __future__ import annotations
 
 import math
+import statistics
 from collections import OrderedDict
 from typing import Callable, Optional
 
@@ -29,6 +30,10 @@ from sglang_agent.policy.workflow import WorkflowPace
 
 # At most this many sessions are looked at per step for idleness (the step stays small).
 IDLE_SCAN_PER_STEP = 256
+# Finished requests remembered for what the HTTP layer reports about their answers afterwards.
+RECENT_TURNS = 8192
+IMPLICIT_PREFIX = "~"  # implicit sessions (found by the server, no client key) are named "~<rid>"
+WAITING = (State.IN_TOOL, State.LAPSED)  # an implicit session in these is resumed by its next prompt
 
 
 class AgentController:
@@ -50,6 +55,11 @@ class AgentController:
         self.sessions: dict[str, AgentSession] = {}
         self.rid_to_session: dict[str, str] = {}
         self.rids_in_scheduler: set[str] = set()  # bound requests the scheduler has received
+        # Finished requests: rid -> its session (bound ones), rid -> (its path's last node, prompt
+        # tokens, cached tokens) (unbound ones, when zero-hint detection is on). Bounded.
+        self.recent_rids: OrderedDict[str, str] = OrderedDict()
+        self.recent_unbound: OrderedDict[str, tuple] = OrderedDict()
+        self.unbound_entered: OrderedDict[str, float] = OrderedDict()  # unbound rid -> when it entered
         self.by_activity: OrderedDict[str, None] = OrderedDict()  # sessions, least recently active first
         self.workflows = WorkflowRegistry(kv, host_tier, pace or getattr(kv, "pace", None) or WorkflowPace(), clock,
                                           session_exists=self.sessions.__contains__)
@@ -82,7 +92,13 @@ class AgentController:
     def _set_state(self, session: AgentSession, state: State) -> None:
         self.state_counts[session.state] -= 1
         self.state_counts[state] += 1
-        session.state = state
+        was_waiting, session.state = session.state in WAITING, state
+        if session.implicit and was_waiting != (state in WAITING):
+            # Waiting on a tool: the prompt that extends its path resumes it.
+            if state in WAITING:
+                self.kv.mark_resume_anchor(session.session_id, session.anchor_tokens)
+            else:
+                self.kv.unmark_resume_anchor(session.session_id)
 
     def _touch(self, session: AgentSession) -> None:
         session.last_active = self.clock()
@@ -102,6 +118,8 @@ class AgentController:
         if step is not None:
             self.workflows.step(hint.workflow_step)
         self._fire(hint.session_id, Event.BIND, rid=rid)
+        if hint.close_after_turn:
+            self.sessions[hint.session_id].close_after_turn = True
         if self.host_tier is not None:
             self.host_tier.turn_arrived(hint.session_id)  # an offload job for it ends with this turn
         if hint.tool_start is not None:
@@ -110,6 +128,9 @@ class AgentController:
         return {"session_id": hint.session_id, "rid": rid, "program_arrival": session.program_arrival}
 
     def tool_start(self, hint: ToolStart) -> dict:
+        session = self.sessions.get(hint.session_id)
+        if session is not None and session.tool is not None and session.tool.detected and not hint.detected:
+            return self._fire(hint.session_id, Event.TOOL_RESTART, hint=hint)  # explicit hints win
         return self._fire(hint.session_id, Event.TOOL_START, hint=hint)
 
     def tool_end(self, session_id: str) -> dict:
@@ -125,14 +146,30 @@ class AgentController:
         return self.workflows.step(step)
 
     # ---- requests (scheduler and HTTP events) ---------------------------------------------------
-    def request_entered(self, rid: str) -> None:
-        """The scheduler received the request (it now ends through turn_finished or request_dropped)."""
+    def request_entered(self, rid: str, prompt=None) -> None:
+        """The scheduler received the request (it now ends through turn_finished or request_dropped).
+        An unbound one whose prompt extends an implicit session's cached path (the turn its tool
+        call followed) is that session's resumed turn."""
+        if rid not in self.rid_to_session and prompt is not None and self.kv.resume_anchor_count():
+            session_id = self.kv.session_on_prefix(prompt)  # token ids, or the request as received
+            if session_id is not None:
+                self._fire(session_id, Event.BIND, rid=rid)
+                if self.host_tier is not None:
+                    self.host_tier.turn_arrived(session_id)
         if rid in self.rid_to_session:
             self.rids_in_scheduler.add(rid)
+        elif self.args.detect_tool_calls:
+            # Its conversation may become an implicit session: the program arrived with this turn.
+            self._remember(self.unbound_entered, rid, self.clock())
 
     def turn_finished(self, req) -> None:
-        """A bound request left the scheduler finished (`req`: SGLang's Req or the simulator's)."""
+        """A request left the scheduler finished (`req`: SGLang's Req or the simulator's)."""
         if req.rid not in self.rid_to_session:
+            entered = self.unbound_entered.pop(req.rid, None)
+            last_node = getattr(req, "last_node", None)
+            if last_node is not None and not _aborted(req):
+                self._remember(self.recent_unbound, req.rid, (last_node, len(req.origin_input_ids),
+                                                             int(getattr(req, "cached_tokens", 0) or 0), entered))
             return
         if _aborted(req):
             self._request_left(req.rid, None)
@@ -144,6 +181,7 @@ class AgentController:
         before the scheduler saw it. Idempotent."""
         if rid in self.rid_to_session:
             self._request_left(rid, None)
+        self.unbound_entered.pop(rid, None)
 
     def unbind(self, rid: str) -> dict:
         """The HTTP layer saw SGLang refuse the bound request (status >= 400)."""
@@ -158,6 +196,65 @@ class AgentController:
             self._request_left(rid, None)
             return {"rid": rid, "dropped": True}
         return {"rid": rid, "dropped": False}
+
+    def turn_outcome(self, rid: str, tools: list[str], cache_ttl_s: Optional[float], close: bool) -> dict:
+        """What the HTTP layer saw in a finished turn's answer: the tools it called (recognised in
+        the output, no client hint), a cache_control TTL, Continuum's is_last_step. The turn's
+        session (bound, or, for an unbound request, an implicit one made now from the turn's path)
+        starts that tool call as an explicit tool_start would; explicit hints already given win.
+        With detection off only the client's own TTL counts."""
+        if not self.args.detect_tool_calls:
+            tools = []
+        if not (tools or cache_ttl_s) and not close:
+            self.recent_unbound.pop(rid, None)  # its outcome is known: nothing to open
+            return {"rid": rid, "applied": False}
+        session_id = self.recent_rids.get(rid)
+        if session_id is None:
+            if rid in self.rid_to_session:
+                return {"rid": rid, "applied": False, "reason": "no finished turn of that request"}
+            unbound = self.recent_unbound.pop(rid, None)
+            if unbound is None or not (tools or cache_ttl_s):
+                return {"rid": rid, "applied": False, "reason": "no finished turn of that request"}
+            session_id = self._open_implicit(rid, *unbound)
+        session = self.sessions.get(session_id)
+        if session is None or session.state is not State.IDLE:
+            return {"rid": rid, "session_id": session_id, "applied": False,
+                    "reason": "the session already has what its hints said" if session else "session gone"}
+        answer = {"rid": rid, "session_id": session_id, "applied": True}
+        if tools or cache_ttl_s:
+            name = "cache_control" if not tools else self._slowest(tools)
+            answer["tool_start"] = self._fire(session_id, Event.TOOL_START, hint=ToolStart(
+                session_id, name, None, ttl_s=cache_ttl_s, detected=True))
+        if close:
+            self._fire(session_id, Event.CLOSE)
+        return answer
+
+    def _open_implicit(self, rid: str, last_node, prompt_tokens: int, cached_tokens: int,
+                       entered: Optional[float]) -> str:
+        """The session of an unbound turn that ended in a tool call: the conversation is the session,
+        its key the turn's own request id; the next prompt that extends its path resumes it. The
+        program arrived with that turn (program-level FCFS orders its resumed turns by it)."""
+        session_id = IMPLICIT_PREFIX + rid
+        arrival = self.clock() if entered is None else entered
+        session = AgentSession(session_id, program_arrival=arrival, implicit=True)
+        session.turns, session.last_prompt_tokens = 1, prompt_tokens
+        self.sessions[session_id] = session
+        self.state_counts[State.IDLE] += 1
+        self._touch(session)
+        self.kv.record_turn(session_id, last_node)
+        return session_id
+
+    def _slowest(self, tools: list[str]) -> str:
+        """Several calls in one turn: the tool whose durations run longest decides (median)."""
+        named = [t for t in tools if t] or ["tool"]
+        return max(named, key=lambda t: statistics.median(self.durations.samples(t)))
+
+    @staticmethod
+    def _remember(store: OrderedDict, key: str, value) -> None:
+        store[key] = value
+        store.move_to_end(key)
+        while len(store) > RECENT_TURNS:
+            store.popitem(last=False)
 
     def _request_left(self, rid: str, finished_req) -> None:
         session_id = self.rid_to_session.pop(rid)
@@ -174,7 +271,10 @@ class AgentController:
             self._touch(session)
             return
         if finished_req is not None:
+            self._remember(self.recent_rids, rid, session_id)
             self._fire(session_id, Event.TURN_END)
+            if session.close_after_turn and session_id in self.sessions:
+                self._fire(session_id, Event.CLOSE)
         elif session.turns == 0 and not session.resuming:
             self._fire(session_id, Event.OPENING_DROPPED)
         else:
@@ -337,6 +437,19 @@ class AgentController:
     def _on_start_tool(self, session_id: str, hint: ToolStart) -> dict:
         return self._start_tool(self.sessions[session_id], hint)
 
+    def _on_restart_tool(self, session_id: str, hint: ToolStart) -> dict:
+        """An explicit tool_start over a call the server recognised: its hold is redone with what the
+        client said (the tool call itself was counted once)."""
+        session = self.sessions[session_id]
+        started_at = session.tool.started_at
+        self._release_pin(session_id)
+        if self.host_tier is not None:
+            self.host_tier.forget(session_id)
+        self.stats.tool_calls -= 1
+        answer = self._start_tool(session, hint)
+        session.tool.started_at = started_at  # the tool has been running since the turn ended
+        return answer
+
     def _on_cancel_pending_tool(self, session_id: str) -> dict:
         session = self.sessions[session_id]
         hint, session.pending_tool = session.pending_tool, None
@@ -400,8 +513,13 @@ class AgentController:
         self.stats.tool_calls += 1
         load = self.load_probe()
         decision, samples, cost, path_tokens = self._choose_ttl(session.session_id, hint, load)
-        tool = session.tool = ToolCall(hint.tool_name, now, hint.expected_duration_s)
+        tool = session.tool = ToolCall(hint.tool_name, now, hint.expected_duration_s, detected=hint.detected)
         session.resuming = True  # the session's next turn follows this tool call
+        self.stats.tool_calls_detected += hint.detected
+        if session.implicit:
+            # The prompt that resumes it covers the previous prompt but for the token where the new
+            # text joins (the previous answer re-tokenizes), not necessarily the answer itself.
+            session.anchor_tokens = max(0, session.last_prompt_tokens - 1)
         body = {
             "session_id": session.session_id,
             "tool_name": hint.tool_name,
@@ -413,7 +531,7 @@ class AgentController:
             "reason": decision.reason,
             "action": "drop" if decision.ttl_s <= 0 else "pin",
         }
-        if self.host_tier is not None and path_tokens > 0:
+        if self.host_tier is not None and path_tokens > 0 and hint.ttl_s is None:
             # The session's own path does not count as pressure (it is what the offload frees), even
             # where a lock holds it (HiCache's write-through locks a node until its copy lands).
             own_locked = path_tokens - self.kv.protectable_tokens(session.session_id)
@@ -436,6 +554,9 @@ class AgentController:
             if placement.action == KEEP:
                 self.stats.kept_with_host_copy += 1
                 return {**body, "action": KEEP, "reason": placement.reason}
+        if hint.ttl_s is not None:  # cache_control / an explicit TTL: no policy, same cap and headroom
+            return self._pin(session, tool, min(hint.ttl_s, self.args.max_cache_ttl_s), now, load,
+                             {**body, "action": "pin", "reason": "TTL given by the client"})
         if decision.ttl_s <= 0:
             self.stats.pins_refused += 1
             return body
@@ -527,6 +648,11 @@ class AgentController:
             "hit_rate_after_tool_calls": (
                 self.stats.resumed_turns_with_hit / self.stats.resumed_turns if self.stats.resumed_turns else None
             ),
+            "tool_durations": self.durations.summary(),
+            "index_sizes": {"sessions": len(self.sessions), "requests_bound": len(self.rid_to_session),
+                            "recent_turns": len(self.recent_rids) + len(self.recent_unbound),
+                            "unbound_in_flight": len(self.unbound_entered),
+                            "implicit_anchors": self.kv.resume_anchor_count()},
             **({"host_tier": None} if self.host_tier is None else self.host_tier.snapshot()),
         }
 

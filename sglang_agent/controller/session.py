@@ -19,6 +19,7 @@ class ToolCall:
     expected_duration_s: Optional[float]
     hold: str = HOLD_NONE
     ttl_s: float = 0.0  # the pin's TTL (hold "pin")
+    detected: bool = False  # recognised by the server in the turn's answer (no client hint)
 
 
 @dataclass
@@ -34,11 +35,15 @@ class AgentSession:
     turns: int = 0
     last_prompt_tokens: int = 0  # prompt length of the latest finished turn
     last_active: float = 0.0  # step-clock time of the latest hint or request event
+    implicit: bool = False  # found by the server (no client key): resumed by a prompt extending its path
+    anchor_tokens: int = 0  # implicit: how much of its path a resuming prompt matches
+    close_after_turn: bool = False  # the client said this is its last turn
 
 
 @dataclass
 class AgentStats:
     tool_calls: int = 0
+    tool_calls_detected: int = 0  # of which the server recognised in the turn's answer
     pins_created: int = 0
     pins_refused: int = 0
     pins_refused_for_running_requests: int = 0  # the running batch's decode needs that memory

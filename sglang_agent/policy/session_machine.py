@@ -16,7 +16,9 @@ States:
   held any more; a late tool_end or the next turn still records the tool's duration.
 
 Events come from hints (BIND: a request names the session; TOOL_START, TOOL_END, CLOSE), from the
-scheduler (TURN_END: the session's last running request finished; TURN_DROPPED: it left without
+scheduler (TURN_END: the session's last running request finished; TOOL_START also comes from the
+server recognising a tool call in the turn's answer, and an explicit tool_start over such a
+recognised call is TOOL_RESTART: explicit hints win; TURN_DROPPED: it left without
 finishing: aborted queued or running, refused; OPENING_DROPPED when those were the requests that
 opened the session, so a refused first request leaves nothing behind), and from the step clock
 (HOLD_LAPSED, IDLE_TIMEOUT).
@@ -44,6 +46,7 @@ class Event(str, Enum):
     TURN_DROPPED = "turn_dropped"
     OPENING_DROPPED = "opening_dropped"  # ...and it was the session's first: nothing else happened
     TOOL_START = "tool_start"
+    TOOL_RESTART = "tool_restart"  # an explicit tool_start over a tool the server only recognised
     TOOL_END = "tool_end"
     CLOSE = "close"
     HOLD_LAPSED = "hold_lapsed"
@@ -76,6 +79,7 @@ TABLE: dict[tuple[State, Event], Outcome] = {
     (S.ABSENT, E.TURN_DROPPED): Go(S.ABSENT, "none"),
     (S.ABSENT, E.OPENING_DROPPED): Go(S.ABSENT, "none"),
     (S.ABSENT, E.TOOL_START): _UNKNOWN,
+    (S.ABSENT, E.TOOL_RESTART): _UNKNOWN,
     (S.ABSENT, E.TOOL_END): _UNKNOWN,
     (S.ABSENT, E.CLOSE): _UNKNOWN,
     (S.ABSENT, E.HOLD_LAPSED): Go(S.ABSENT, "none"),
@@ -87,6 +91,7 @@ TABLE: dict[tuple[State, Event], Outcome] = {
     (S.IDLE, E.OPENING_DROPPED): Go(S.IDLE, "none"),
     # The turn ended before the client announced its tool call: the tool starts now.
     (S.IDLE, E.TOOL_START): Go(S.IN_TOOL, "start_tool"),
+    (S.IDLE, E.TOOL_RESTART): Go(S.IN_TOOL, "start_tool"),
     (S.IDLE, E.TOOL_END): _NO_TOOL,
     (S.IDLE, E.CLOSE): Go(S.ABSENT, "close"),
     (S.IDLE, E.HOLD_LAPSED): Go(S.IDLE, "none"),
@@ -98,6 +103,7 @@ TABLE: dict[tuple[State, Event], Outcome] = {
     (S.RUNNING, E.TURN_DROPPED): Go(S.IDLE, "drop_turn"),
     (S.RUNNING, E.OPENING_DROPPED): Go(S.ABSENT, "discard"),
     (S.RUNNING, E.TOOL_START): Go(S.TOOL_PENDING, "defer_tool"),
+    (S.RUNNING, E.TOOL_RESTART): Go(S.TOOL_PENDING, "defer_tool"),
     (S.RUNNING, E.TOOL_END): Refuse(409, "session {session!r}: the turn is still running and no tool call was "
                                          "announced (tool_end without tool_start)"),
     (S.RUNNING, E.CLOSE): Go(S.ABSENT, "close"),
@@ -112,6 +118,8 @@ TABLE: dict[tuple[State, Event], Outcome] = {
     (S.TOOL_PENDING, E.TOOL_START): Refuse(409, "session {session!r} already announced tool {tool!r} for the "
                                                 "running turn"),
     # The tool ran and returned while the turn was still generating: nothing to hold after it.
+    (S.TOOL_PENDING, E.TOOL_RESTART): Refuse(409, "session {session!r} already announced tool {tool!r} for the "
+                                                  "running turn"),
     (S.TOOL_PENDING, E.TOOL_END): Go(S.RUNNING, "cancel_pending_tool"),
     (S.TOOL_PENDING, E.CLOSE): Go(S.ABSENT, "close"),
     (S.TOOL_PENDING, E.HOLD_LAPSED): Go(S.TOOL_PENDING, "none"),
@@ -123,6 +131,7 @@ TABLE: dict[tuple[State, Event], Outcome] = {
     (S.IN_TOOL, E.TURN_DROPPED): Go(S.IN_TOOL, "none"),
     (S.IN_TOOL, E.OPENING_DROPPED): Go(S.IN_TOOL, "none"),
     (S.IN_TOOL, E.TOOL_START): _TOOL_RUNS,
+    (S.IN_TOOL, E.TOOL_RESTART): Go(S.IN_TOOL, "restart_tool"),
     (S.IN_TOOL, E.TOOL_END): Go(S.IDLE, "finish_tool"),
     (S.IN_TOOL, E.CLOSE): Go(S.ABSENT, "close"),
     (S.IN_TOOL, E.HOLD_LAPSED): Go(S.LAPSED, "lapse"),
@@ -134,6 +143,7 @@ TABLE: dict[tuple[State, Event], Outcome] = {
     (S.LAPSED, E.TURN_DROPPED): Go(S.LAPSED, "none"),
     (S.LAPSED, E.OPENING_DROPPED): Go(S.LAPSED, "none"),
     (S.LAPSED, E.TOOL_START): _TOOL_RUNS,
+    (S.LAPSED, E.TOOL_RESTART): _TOOL_RUNS,
     (S.LAPSED, E.TOOL_END): Go(S.IDLE, "finish_tool"),
     (S.LAPSED, E.CLOSE): Go(S.ABSENT, "close"),
     (S.LAPSED, E.HOLD_LAPSED): Go(S.LAPSED, "none"),

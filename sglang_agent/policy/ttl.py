@@ -10,6 +10,7 @@ selection: utility = P(return <= tau) * saved delay - memory cost * E[min(D, tau
 
 from __future__ import annotations
 
+import statistics
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
@@ -98,10 +99,16 @@ class ToolDurationModel:
     window: int = 256
     _observed: dict[str, deque] = field(default_factory=dict)
 
+    max_tools: int = 1024  # distributions kept (least recently observed dropped): bounded state
+
     def observe(self, tool_name: str, duration_s: float) -> None:
         if duration_s < 0:
             raise ValueError(f"tool duration must be >= 0, got {duration_s}")
-        self._observed.setdefault(tool_name, deque(maxlen=self.window)).append(duration_s)
+        observed = self._observed.pop(tool_name, None) or deque(maxlen=self.window)
+        observed.append(duration_s)
+        self._observed[tool_name] = observed  # most recent last
+        while len(self._observed) > self.max_tools:
+            del self._observed[next(iter(self._observed))]
 
     def samples(self, tool_name: str, declared_s: Optional[float] = None) -> list[float]:
         """Declared duration wins (with slack); else history plus prior pseudo-observations."""
@@ -111,3 +118,8 @@ class ToolDurationModel:
 
     def observed_count(self, tool_name: str) -> int:
         return len(self._observed.get(tool_name, ()))
+
+    def summary(self, top: int = 20) -> dict[str, dict]:
+        """The learned distribution of the most observed tools: count and median seconds."""
+        ranked = sorted(self._observed.items(), key=lambda kv: -len(kv[1]))[:top]
+        return {name: {"observed": len(d), "median_s": statistics.median(d)} for name, d in ranked if d}

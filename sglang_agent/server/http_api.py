@@ -14,8 +14,10 @@ routed there (SGLang's `routed_dp_rank`) and its hints go only there."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import json
+import re
 import uuid
 import zlib
 from typing import Optional
@@ -23,7 +25,8 @@ from typing import Optional
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from sglang_agent import hints, upstream
+from sglang_agent import conventions, hints, upstream
+from sglang_agent.server import detection
 from sglang_agent.server.messages import SESSION_HINT_KINDS, AgentHintReqInput, AgentHintReqOutput
 
 INLINE_PATHS = ("/generate", "/v1/chat/completions", "/v1/completions")
@@ -176,12 +179,33 @@ def _request_rid(payload: dict) -> str:
     return rid
 
 
+@functools.lru_cache(maxsize=1)
+def _detection() -> tuple[bool, Optional[re.Pattern]]:
+    """(recognise tool calls in answers?, the text pattern) from the --agent-* args."""
+    from sglang_agent.config import AgentServerArgs
+
+    args = AgentServerArgs.from_env()
+    return args.detect_tool_calls, (re.compile(args.tool_call_pattern) if args.tool_call_pattern else None)
+
+
+def _single(path: str, payload: dict) -> bool:
+    try:
+        hints.check_inference_body(path, payload, with_agent=True)
+    except hints.HintError:
+        return False
+    return isinstance(payload.get("rid"), (str, type(None)))
+
+
 class InlineHintMiddleware:
-    """Pure ASGI middleware on the inference routes: refuses bodies that would make SGLang answer
-    500 (malformed `n`, JSON too deep or numbers too long), and binds a request that carries an
-    `agent` object to its session (the object is stripped before SGLang sees the body). When the
-    exchange is over, a bound request the scheduler never received (SGLang refused it, or the
-    client went away first) is dropped: no session waits for it forever."""
+    """Pure ASGI middleware on the inference routes.
+
+    Before SGLang sees a body it refuses what would make SGLang answer 500 (malformed `n`, JSON too
+    deep or numbers too long), reads the session the client names (our `agent` object, or a
+    convention clients already speak: sglang_agent/conventions.py) and binds the request to it
+    (the object is stripped). While the answer goes out it watches it for a tool call (detection.py:
+    zero-hint agents); when the exchange is over it tells the scheduler what the turn called (and a
+    cache_control TTL), and that a bound request it never received (SGLang refused it, or the client
+    went away first) is gone, so no session waits for it forever."""
 
     def __init__(self, app):
         self.app = app
@@ -189,25 +213,48 @@ class InlineHintMiddleware:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] not in INLINE_PATHS:
             return await self.app(scope, receive, send)
+        path = scope["path"]
         chunks, more = [], True
         while more:
             message = await receive()
             chunks.append(message.get("body", b""))
             more = message.get("more_body", False)
         raw = b"".join(chunks)
-        forwarded, bound_rid, hint_body = raw, None, None
+        forwarded, bound_rid, agent_body, observer, client = raw, None, None, None, None
         try:
             payload = parse_json(raw) if raw else None
             if isinstance(payload, dict):
-                hints.check_inference_body(scope["path"], payload, with_agent="agent" in payload)
+                hints.check_inference_body(path, payload, with_agent="agent" in payload)
+                client = conventions.read_client_hints(payload, dict(scope["headers"]))
         except hints.HintError as e:
             return await JSONResponse(e.to_body(), status_code=e.status)(scope, receive, send)
-        if isinstance(payload, dict) and "agent" in payload:
+        rid = None
+        if isinstance(payload, dict) and _single(path, payload):
+            detect, pattern = _detection()
+            agent_body = payload.pop("agent", None)
+            if agent_body is None and client.session_id is not None:
+                agent_body = {"session_id": client.session_id}
+            if isinstance(agent_body, dict) and client.close_after_turn:
+                agent_body = {**agent_body, "close_after_turn": True}
+            if client.priority is not None:
+                payload.setdefault("priority", client.priority)
+            if path == "/generate":
+                for field in conventions.CONVENTION_FIELDS:
+                    payload.pop(field, None)  # /generate's request type would refuse them
+            if client.cache_ttl_s or (detect and (path == "/v1/chat/completions" or pattern is not None)):
+                observer = detection.TurnObserver(path, payload, pattern if detect else None,
+                                                  stream=bool(payload.get("stream")), detect=detect)
+            if agent_body is not None or observer is not None or client.any:
+                try:
+                    rid = _request_rid(payload)  # named, so what the turn called can be said of it afterwards
+                except hints.HintError as e:
+                    return await JSONResponse(e.to_body(), status_code=e.status)(scope, receive, send)
+                payload["rid"] = rid
+                forwarded = json.dumps(payload).encode()
+        if agent_body is not None:
             hub = channel()
             try:
-                hint_body = payload.pop("agent")
-                hint = hints.parse_inline(hint_body)
-                rid = _request_rid(payload)
+                hint = hints.parse_inline(agent_body)
                 dp_rank = hub.dp_rank(hint.session_id)
                 if dp_rank >= 0:
                     if payload.get("routed_dp_rank") not in (None, dp_rank):
@@ -218,14 +265,14 @@ class InlineHintMiddleware:
                 return await JSONResponse(e.to_body(), status_code=e.status)(scope, receive, send)
             if dp_rank >= 0 and hint.workflow_step is not None:
                 # Workflows live on every DP rank; the step goes to all of them, the bind to one.
-                step = hint_body.pop("workflow_step")
+                step = agent_body.pop("workflow_step")
                 status, answer = await hub.call("workflow_step", step)
                 if status != 200:
                     return await JSONResponse(answer, status_code=status)(scope, receive, send)
-            status, answer = await hub.call("bind", hint_body, rid=rid)
+            status, answer = await hub.call("bind", agent_body, rid=rid)
             if status != 200:
                 return await JSONResponse(answer, status_code=status)(scope, receive, send)
-            payload["rid"] = bound_rid = rid
+            bound_rid = rid
             forwarded = json.dumps(payload).encode()
 
         sent = False
@@ -237,12 +284,30 @@ class InlineHintMiddleware:
                 return {"type": "http.request", "body": forwarded, "more_body": False}
             return await receive()
 
+        answered = {"status": None}
+        session_id = agent_body.get("session_id") if isinstance(agent_body, dict) else None
+
+        async def watch(message):
+            if message["type"] == "http.response.start":
+                answered["status"] = message["status"]
+            elif message["type"] == "http.response.body" and answered["status"] == 200:
+                observer.feed(message.get("body", b""))
+                if not message.get("more_body", False):
+                    # Before the client sees the end of the answer (and sends its next turn), on the
+                    # socket requests take: the next turn finds the tool call started.
+                    tools = observer.tools_called()
+                    if tools or client.cache_ttl_s:
+                        channel().send("turn_outcome", {"tools": tools or [], "cache_ttl_s": client.cache_ttl_s,
+                                                        **({"session_id": session_id} if session_id else {})},
+                                       rid=rid)
+            await send(message)
+
         headers = [(k, v) for k, v in scope["headers"] if k != b"content-length"]
         headers.append((b"content-length", str(len(forwarded)).encode()))
         try:
-            await self.app({**scope, "headers": headers}, replay, send)
+            await self.app({**scope, "headers": headers}, replay, watch if observer is not None else send)
         finally:
             if bound_rid:
                 # Whatever the outcome (answered, refused, client gone): if the scheduler never got the
                 # request, the session stops waiting for it. Not awaited; applied in order after it.
-                channel().send("gone", {"session_id": hint_body.get("session_id")}, rid=bound_rid)
+                channel().send("gone", {"session_id": session_id}, rid=bound_rid)

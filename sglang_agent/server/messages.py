@@ -25,6 +25,7 @@ class AgentStepTick(BaseReq, kw_only=True):
     now_s: float
 
 
-HINT_KINDS = ("bind", "unbind", "gone", "tool_start", "tool_end", "close", "workflow", "workflow_step", "stats")
-# Hints about one session (routed to that session's DP rank); the others go to every rank.
-SESSION_HINT_KINDS = ("bind", "unbind", "gone", "tool_start", "tool_end", "close", "workflow_step")
+HINT_KINDS = ("bind", "unbind", "gone", "turn_outcome", "tool_start", "tool_end", "close", "workflow",
+              "workflow_step", "stats")
+# Hints about one session (routed to that session's DP rank when they name it; else every rank).
+SESSION_HINT_KINDS = ("bind", "unbind", "gone", "turn_outcome", "tool_start", "tool_end", "close")

@@ -9,7 +9,7 @@ from sglang_agent.controller import AgentController, LoadSnapshot
 
 def apply_hint(controller: AgentController, kind: str, body: dict, rid: str | None) -> dict:
     """Run one hint; raises hints.HintError for a bad one, leaving all state unchanged."""
-    if kind in ("bind", "unbind", "gone") and not rid:
+    if kind in ("bind", "unbind", "gone", "turn_outcome") and not rid:
         raise hints.HintError(400, f"{kind} needs a request id")
     if kind == "bind":
         return controller.bind(rid, hints.parse_inline(body))
@@ -17,6 +17,10 @@ def apply_hint(controller: AgentController, kind: str, body: dict, rid: str | No
         return controller.unbind(rid)
     if kind == "gone":
         return controller.request_gone(rid)
+    if kind == "turn_outcome":
+        if not rid:
+            raise hints.HintError(400, "turn_outcome needs a request id")
+        return controller.turn_outcome(rid, *hints.parse_turn_outcome(body))
     if kind == "tool_start":
         return controller.tool_start(hints.parse_tool_start(body))
     if kind == "tool_end":
