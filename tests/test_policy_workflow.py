@@ -11,13 +11,54 @@ def test_chain_counts_down_and_finished_agents_are_never_needed():
     assert wf.steps_to_execution() == {"plan": None, "code": 0, "test": 1}
 
 
-def test_fan_out_fan_in():
+def test_fan_out_runs_in_parallel_and_a_join_waits_for_all():
+    """Defect (issue "Multi-agent workflows as real DAGs", 1): the workflow tracked one current
+    agent, so after plan -> a the step of b (a parallel sibling) got 409 "no edge 'a' -> 'b'" and
+    b's steps were None (never again) while it was about to run."""
     wf = Workflow.from_graph("w", ["plan", "a", "b", "merge"],
                              [("plan", "a"), ("plan", "b"), ("a", "merge"), ("b", "merge")], dag=True)
     wf.advance("plan")
     assert wf.steps_to_execution() == {"plan": 0, "a": 1, "b": 1, "merge": 2}
     wf.advance("a")
-    assert wf.steps_to_execution() == {"plan": None, "a": 0, "b": None, "merge": 1}
+    # b is still to run (1); the join waits for it (AND: max + 1).
+    assert wf.steps_to_execution() == {"plan": None, "a": 0, "b": 1, "merge": 2}
+    wf.advance("b")
+    assert wf.running() == {"a", "b"} and wf.steps_to_execution() == {"plan": None, "a": 0, "b": 0, "merge": 1}
+    wf.advance("merge")
+    assert wf.steps_to_execution() == {"plan": None, "a": None, "b": None, "merge": 0}
+    assert wf.at_last_step and wf.turn_ended("merge")
+
+
+def test_three_way_fan_out_every_worker_steps_and_the_join_may_start_early():
+    agents = ["planner", "worker_1", "worker_2", "worker_3", "reviewer", "writer"]
+    edges = [("planner", w) for w in agents[1:4]] + [(w, "reviewer") for w in agents[1:4]] + [("reviewer", "writer")]
+    wf = Workflow.from_graph("w", agents, edges, dag=True)
+    for agent in ("planner", "worker_1", "worker_3", "worker_2"):
+        wf.advance(agent)  # any order of the parallel workers
+    assert wf.steps_to_execution()["reviewer"] == 1 and wf.steps_to_execution()["writer"] == 2
+    with pytest.raises(WorkflowError, match="writer"):
+        wf.check_step("writer")  # nothing before it ran
+    wf.advance("reviewer")
+    wf.advance("writer")
+    assert wf.turn_ended("writer")
+
+
+def test_parallel_last_agents_end_the_workflow_when_the_last_of_them_ends():
+    wf = Workflow.from_graph("w", ["plan", "a", "b"], [("plan", "a"), ("plan", "b")], dag=True)
+    wf.advance("plan")
+    wf.advance("a")
+    assert not wf.turn_ended("a")  # b has not run yet
+    wf.advance("b")
+    assert wf.turn_ended("b")  # a's turn had already ended
+
+
+def test_or_join_in_a_graph_with_cycles():
+    wf = Workflow.from_graph("w", ["plan", "code", "test"],
+                             [("plan", "code"), ("plan", "test"), ("code", "test"), ("test", "plan")])
+    wf.advance("plan")
+    wf.advance("code")
+    # test is ready (plan and code ran since it last ran); plan follows test (min + 1).
+    assert wf.steps_to_execution() == {"plan": 2, "code": 0, "test": 1}
 
 
 def test_loop_back_to_planner():
@@ -63,7 +104,7 @@ def test_steps_must_follow_the_graph_and_failed_steps_change_nothing():
     wf = Workflow.from_graph("w", ["plan", "code"], [("plan", "code")])
     with pytest.raises(WorkflowError, match="entry"):
         wf.advance("code")
-    assert wf.current is None
+    assert wf.last_run == {} and wf.running() == set()
     with pytest.raises(WorkflowError, match="unknown agent"):
         wf.advance("ghost")
 

@@ -81,7 +81,7 @@ class WorkflowRegistry:
         that was is over, and none of its prefixes is needed again by it."""
         for wf_id, agent_id in list(self.session_roles.get(session_id, ())):
             workflow = self.workflows[wf_id]
-            if workflow.current == agent_id and workflow.at_last_step:
+            if workflow.turn_ended(agent_id):
                 workflow.end()
                 self._forget(workflow)
 

@@ -29,13 +29,26 @@ class UnknownAgentError(WorkflowError):
 
 @dataclass
 class Workflow:
+    """Graph mode: the state is the frontier, not one current agent. An agent *runs* from its step
+    until one of its successors steps; it is *ready* when a predecessor ran since it last ran (or,
+    before any step, when it is an entry). Fan-out steps run in parallel, and a join may step once
+    one of its predecessors ran. Steps-to-execution: running 0, ready 1, then along the edges: in a
+    DAG a join waits for all its predecessors (KVFlow's AND-join: max over them + 1), in a graph
+    with cycles for the first (min + 1). Schedule mode: one position in the declared order."""
+
     workflow_id: str
     agents: tuple[str, ...]
     edges: dict[str, tuple[str, ...]] = field(default_factory=dict)
     schedule: tuple[str, ...] = ()
-    # Progress: the agent that ran last (graph mode) or the schedule index that ran last.
+    dag: bool = False
+    # Schedule mode: the schedule index that ran last (and its agent).
     current: Optional[str] = None
     position: int = -1
+    # Graph mode: the order in which agents last stepped (a step sequence number each).
+    last_run: dict[str, int] = field(default_factory=dict)
+    sinks_done: set = field(default_factory=set)  # running agents without successors whose turn ended
+    seq: int = 0
+    _preds: Optional[dict] = field(default=None, repr=False, compare=False)
     # The last step's turn has finished: no agent runs again (steps all None).
     ended: bool = False
 
@@ -51,7 +64,7 @@ class Workflow:
                 successors[src].append(dst)
         if dag:
             _check_acyclic(successors)
-        return cls(workflow_id, tuple(agents), {a: tuple(s) for a, s in successors.items()})
+        return cls(workflow_id, tuple(agents), {a: tuple(s) for a, s in successors.items()}, dag=dag)
 
     @classmethod
     def from_schedule(cls, workflow_id: str, agents: list[str], schedule: list[str]) -> "Workflow":
@@ -62,6 +75,31 @@ class Workflow:
         if unknown:
             raise WorkflowError(f"schedule names unknown agent(s) {unknown}")
         return cls(workflow_id, tuple(agents), schedule=tuple(schedule))
+
+    # ---- the frontier (graph mode) ---------------------------------------------------------
+    @property
+    def predecessors(self) -> dict[str, tuple[str, ...]]:
+        if self._preds is None:
+            preds: dict[str, list[str]] = {a: [] for a in self.agents}
+            for src, succ in self.edges.items():
+                for dst in succ:
+                    preds[dst].append(src)
+            self._preds = {a: tuple(p) for a, p in preds.items()}
+        return self._preds
+
+    def running(self) -> set[str]:
+        """Agents that stepped and none of whose successors stepped since."""
+        return {a for a, t in self.last_run.items() if not any(self.last_run.get(b, -1) > t for b in self.edges[a])}
+
+    def ready(self) -> set[str]:
+        """Agents not running that may step now: a predecessor ran since they last ran (before
+        any step: the entries)."""
+        if not self.last_run:
+            return set(self._entries())
+        running = self.running()
+        preds = self.predecessors
+        return {a for a in self.agents if a not in running
+                and any(self.last_run.get(p, -1) > self.last_run.get(a, -1) for p in preds[a])}
 
     # ---- progress ------------------------------------------------------------------------
     def check_step(self, agent_id: str) -> None:
@@ -76,24 +114,43 @@ class Workflow:
                 raise WorkflowError(f"workflow {self.workflow_id!r} has finished its schedule")
             if self.schedule[nxt] != agent_id:
                 raise WorkflowError(f"step {nxt} of the schedule is {self.schedule[nxt]!r}, not {agent_id!r}")
-        elif self.current is not None and agent_id not in self.edges[self.current]:
-            raise WorkflowError(f"no edge {self.current!r} -> {agent_id!r} in workflow {self.workflow_id!r}")
-        elif self.current is None and agent_id not in self._entries():
+        elif not self.last_run and agent_id not in self._entries():
             raise WorkflowError(f"{agent_id!r} is not an entry agent of workflow {self.workflow_id!r}")
+        elif self.last_run and agent_id not in self.ready():
+            preds = self.predecessors[agent_id]
+            if not preds:
+                raise WorkflowError(f"no edge leads to {agent_id!r} in workflow {self.workflow_id!r}")
+            raise WorkflowError(f"no edge to {agent_id!r} from an agent that ran since it last ran in workflow "
+                                f"{self.workflow_id!r} (its predecessors: {list(preds)})")
 
     def advance(self, agent_id: str) -> None:
         self.check_step(agent_id)
         if self.schedule:
             self.position += 1
-        self.current = agent_id
+            self.current = agent_id
+            return
+        self.seq += 1
+        self.last_run[agent_id] = self.seq
+        self.sinks_done.discard(agent_id)
 
     @property
     def at_last_step(self) -> bool:
-        """The running agent is the last one: the schedule's last entry, or a graph agent with
-        no successor."""
+        """Nothing is left to run: the schedule's last entry runs, or every running agent has no
+        successor and none is ready."""
         if self.schedule:
             return self.position == len(self.schedule) - 1
-        return self.current is not None and not self.edges[self.current]
+        running = self.running()
+        return bool(running) and all(not self.edges[a] for a in running) and not self.ready()
+
+    def turn_ended(self, agent_id: str) -> bool:
+        """`agent_id`'s turn finished with no tool call to follow; True: the workflow is over (the
+        last step's turn, or, with parallel last agents, the last of their turns)."""
+        if self.schedule:
+            return self.current == agent_id and self.at_last_step
+        running = self.running()
+        if agent_id in running and not self.edges[agent_id]:
+            self.sinks_done.add(agent_id)
+        return agent_id in running and self.at_last_step and running <= self.sinks_done
 
     def end(self) -> None:
         """The last step's turn has finished. Without this the last agent would keep "runs now"
@@ -101,7 +158,7 @@ class Workflow:
         self.ended = True
 
     def steps_to_execution(self) -> dict[str, Optional[int]]:
-        """Steps until each agent runs next: 0 = the agent running now, None = never again."""
+        """Steps until each agent runs next: 0 = running now, None = never again."""
         if self.ended:
             return {a: None for a in self.agents}
         if self.schedule:
@@ -124,21 +181,37 @@ class Workflow:
         return steps
 
     def _graph_steps(self) -> dict[str, Optional[int]]:
-        """BFS over the step graph from the running agent (or the entries before any step)."""
-        if self.current is None:
-            frontier = [(a, 0) for a in self._entries()]
-        else:
-            frontier = [(self.current, 0)]
         steps: dict[str, Optional[int]] = {a: None for a in self.agents}
-        queue = deque(frontier)
-        for agent, d in frontier:
-            steps[agent] = d
-        while queue:
-            agent, d = queue.popleft()
+        if not self.last_run:
+            sources = {a: 0 for a in self._entries()}
+        else:
+            sources = {a: 0 for a in self.running()}
+            if not self.dag:
+                sources.update({a: 1 for a in self.ready()})
+        steps.update(sources)
+        if self.dag:
+            return self._and_join_steps(steps)
+        queue = deque(sorted(sources, key=sources.get))
+        while queue:  # BFS from the frontier: OR-join, a loop reaches its agents again
+            agent = queue.popleft()
             for nxt in self.edges[agent]:
                 if steps[nxt] is None:
-                    steps[nxt] = d + 1
-                    queue.append((nxt, d + 1))
+                    steps[nxt] = steps[agent] + 1
+                    queue.append(nxt)
+        return steps
+
+    def _and_join_steps(self, steps: dict[str, Optional[int]]) -> dict[str, Optional[int]]:
+        """DAG: an agent that has not run waits for every predecessor that has not run either
+        (max + 1); predecessors that ran are satisfied. One that ran and is neither running nor
+        ready never runs again in this instance."""
+        preds = self.predecessors
+        for agent in _topological(self.edges):
+            if steps[agent] is not None or agent in self.last_run:
+                continue
+            waits = [steps[p] for p in preds[agent] if p not in self.last_run]
+            if any(w is None for w in waits):
+                continue  # behind an agent that never runs again
+            steps[agent] = max(waits, default=0) + 1  # all its predecessors ran: ready (1)
         return steps
 
 
@@ -149,21 +222,25 @@ def _check_agents(agents: list[str]) -> None:
         raise WorkflowError("agent ids must be unique")
 
 
-def _check_acyclic(successors: dict[str, list[str]]) -> None:
+def _topological(successors) -> list[str]:
     indegree = {a: 0 for a in successors}
     for succ in successors.values():
         for d in succ:
             indegree[d] += 1
-    ready = [a for a, n in indegree.items() if n == 0]
-    seen = 0
+    ready = deque(a for a in successors if indegree[a] == 0)
+    order = []
     while ready:
-        a = ready.pop()
-        seen += 1
+        a = ready.popleft()
+        order.append(a)
         for d in successors[a]:
             indegree[d] -= 1
             if indegree[d] == 0:
                 ready.append(d)
-    if seen != len(successors):
+    return order
+
+
+def _check_acyclic(successors: dict[str, list[str]]) -> None:
+    if len(_topological(successors)) != len(successors):
         raise WorkflowError("the step graph has a cycle but dag=true was requested")
 
 
