@@ -58,6 +58,7 @@ class WorkflowStep:
 class WorkflowAgent:
     agent_id: str
     session_id: str  # the session whose cached turns are this agent's prefix
+    role: Optional[str] = None  # the agent's fixed prompt, shared by workflow instances (default: agent_id)
 
 
 @dataclass(frozen=True)
@@ -195,11 +196,12 @@ def parse_workflow(body: Any) -> WorkflowDef:
     agents = []
     for i, raw in enumerate(raw_agents):
         raw = _require_object(raw, f"workflow.agents[{i}]")
-        _check_keys(raw, {"agent_id", "session_id"}, f"workflow.agents[{i}]")
+        _check_keys(raw, {"agent_id", "session_id", "role"}, f"workflow.agents[{i}]")
         agent_id = _identifier(raw, "agent_id", f"workflow.agents[{i}]")
         session_id = _identifier(raw, "session_id", f"workflow.agents[{i}]") if "session_id" in raw else (
             f"{workflow_id}/{agent_id}")
-        agents.append(WorkflowAgent(agent_id, session_id))
+        role = _identifier(raw, "role", f"workflow.agents[{i}]") if "role" in raw else None
+        agents.append(WorkflowAgent(agent_id, session_id, role))
     if ("edges" in body) == ("schedule" in body):
         raise HintError(400, "workflow: give exactly one of 'edges' or 'schedule'")
     dag = body.get("dag", False)

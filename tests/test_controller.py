@@ -361,6 +361,42 @@ def test_workflow_steps_reach_the_tree_and_drive_eviction(env):
     assert match(cache, prefixes["test"]).device_prefix_len == 30
 
 
+def test_a_role_prompt_is_protected_for_the_next_instance_whatever_its_session_ids(env):
+    """Defect (issue "Multi-agent workflows as real DAGs", 1): steps-to-execution reached only the
+    nodes a session already owned, so a new instance's planner (a new session, no path yet) found
+    its fixed role prompt evicted (1% cached). Its role's prefix (the part two instances' planner
+    sessions share) now carries the role's steps."""
+    cache, clock, ctl = env(pool=140)
+    role_prompt = list(range(0, 40))
+
+    def instance(n):
+        agents = (WorkflowAgent("planner", f"wf{n}/planner"), WorkflowAgent("writer", f"wf{n}/writer"))
+        ctl.declare_workflow(WorkflowDef(f"wf{n}", agents, schedule=("planner", "writer")))
+
+    def run(n, agent, key):
+        ctl.workflow_step(WorkflowStep(f"wf{n}", agent))
+        run_turn(cache, ctl, f"wf{n}/{agent}", f"r{n}{agent}", key)
+
+    for n in (1, 2):
+        instance(n)
+        run(n, "planner", role_prompt + [1000 * n + i for i in range(10)])
+        run(n, "writer", [500 + 100 * n + i for i in range(20)])
+        assert f"wf{n}" not in ctl.workflows.workflows  # ended after the writer's turn
+    role_node = cache.last_node("role:planner")
+    assert role_node is not None and list(role_node.key)[-1] == 39  # exactly the shared role prompt
+    instance(3)  # its planner runs next: steps 0 for the role, though its session has no path
+    assert role_node.steps_to_execution == 0
+    # Other tenants' prompts, newer than the role prompt, fill the pool; eviction takes LRU order.
+    for i in range(4):
+        insert(cache, [3000 + 100 * i + j for j in range(25)])
+    cache.evict(EvictParams(num_tokens=60))
+    assert match(cache, role_prompt).device_prefix_len == 40
+    run(3, "planner", role_prompt + [3333])
+    # With no live workflow of that role, its prefix is an ordinary LRU node again.
+    run(3, "writer", [999, 998])
+    assert role_node.steps_to_execution is None
+
+
 def test_workflow_errors_change_nothing(env):
     cache, clock, ctl = env()
     three_agent_workflow(ctl)
@@ -484,8 +520,11 @@ def test_a_turn_touches_no_per_session_state_of_a_shared_prefix(env, monkeypatch
     ctl.declare_workflow(WorkflowDef("wf", (WorkflowAgent("a", "s7"), WorkflowAgent("b", "s8")), schedule=("a", "b")))
     calls.clear()
     run_turn(cache, ctl, "s7", "again7", system + [1007, 9])
-    assert len(calls) <= 3  # its path: the shared prefix, its old turn and the new one
-    assert shared.step_counts == {0: 1, 1: 1}  # two workflow sessions' values, not 2,000 sessions'
+    # Its path (the shared prefix, its old turn and the new one), and its role's prefix (the first
+    # session of role "a": that same path, until another instance's session shares a part of it).
+    assert len(calls) <= 2 * 3
+    # Values of the two workflow sessions and of role a's prefix, not of 2,000 sessions.
+    assert sum(shared.step_counts.values()) == 3
 
 
 def test_a_reloaded_session_is_protected_until_its_predicted_return(env):

@@ -58,6 +58,9 @@ def test_workflow_definition():
     assert [a.session_id for a in wf.agents] == ["w/a", "sb"] and wf.edges == (("a", "b"),) and wf.dag
     assert parse_workflow({"workflow_id": "w", "agents": [{"agent_id": "a"}], "schedule": ["a", "a"]}).schedule == ("a", "a")
     assert parse_workflow_step({"workflow_id": "w", "agent_id": "a"}).agent_id == "a"
+    roles = parse_workflow({"workflow_id": "w", "agents": [{"agent_id": "a", "role": "planner"}, {"agent_id": "b"}],
+                            "schedule": ["a", "b"]})
+    assert [a.role for a in roles.agents] == ["planner", None]  # None: the agent id is the role
 
 
 @pytest.mark.parametrize(
@@ -70,6 +73,7 @@ def test_workflow_definition():
         ({"workflow_id": "w", "agents": [{"agent_id": "a"}], "schedule": "a"}, "list"),
         ({"workflow_id": "w", "agents": [{"agent_id": "a", "x": 1}], "schedule": ["a"]}, "unknown field"),
         ({"workflow_id": "w", "agents": [{"agent_id": "a"}], "schedule": ["a"], "dag": "yes"}, "dag"),
+        ({"workflow_id": "w", "agents": [{"agent_id": "a", "role": 7}], "schedule": ["a"]}, "role"),
     ],
 )
 def test_workflow_definition_rejects(body, fragment):

@@ -163,6 +163,14 @@ class AgentRadixCache(UnifiedRadixCache):
             node.set_steps(session_id, value)
         return len(owned)
 
+    def common_prefix_node(self, session_a: str, session_b: str) -> Optional[int]:
+        """The deepest node on both sessions' latest paths (their shared prefix), or None."""
+        on_b = {id(n) for n in self._path(session_b)}
+        for node in self._path(session_a):
+            if id(node) in on_b:
+                return node.id
+        return None
+
     def last_node(self, session_id: str) -> Optional[AgentTreeNode]:
         """The node the session's latest turn ended on, if the tree still has it."""
         return self._node(self._session_last_node.get(session_id))

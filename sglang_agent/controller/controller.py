@@ -303,6 +303,7 @@ class AgentController:
         last_node = getattr(req, "last_node", None)  # unset when the request never reached the tree
         if last_node is not None:
             self.kv.record_turn(session.session_id, last_node)
+            self.workflows.turn_recorded(session.session_id)
 
     # ---- the step clock --------------------------------------------------------------------------
     def on_step(self) -> None:

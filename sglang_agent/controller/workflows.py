@@ -1,5 +1,11 @@
 """Declared multi-agent workflows (KVFlow): which session holds each agent's prefix, the steps until
-each agent runs again, and what to tell the cache and the host tier when they change."""
+each agent runs again, and what to tell the cache and the host tier when they change.
+
+Roles: an agent's fixed prompt (its role, default the agent id) is shared by every instance of a
+workflow, whatever the session ids. The role's prefix is the deepest node the latest two sessions
+of that role share (before a second one: the one session's path); it carries the soonest steps of
+that role over every live workflow, so a new instance's planner finds its role prompt cached
+although its own session has no path yet."""
 
 from __future__ import annotations
 
@@ -11,6 +17,8 @@ from sglang_agent.hints import HintError, WorkflowDef, WorkflowStep
 from sglang_agent.policy.workflow import NEVER_AGAIN, UnknownAgentError, Workflow, WorkflowError, WorkflowPace
 
 MAX_ENDED_WORKFLOWS_REMEMBERED = 4096
+MAX_ROLES_REMEMBERED = 4096
+ROLE_PREFIX = "role:"  # the cache's key for a role's prefix (not a session of any client)
 
 
 class WorkflowRegistry:
@@ -29,6 +37,9 @@ class WorkflowRegistry:
         self.session_roles: dict[str, set[tuple[str, str]]] = {}
         # Ids of ended workflows (bounded): a later step gets 409 "ended", not 404.
         self.ended: OrderedDict[str, None] = OrderedDict()
+        self.role_of: dict[tuple[str, str], str] = {}  # (workflow, agent) -> role
+        # role -> the latest session that finished a turn in it (bounded, outlives its workflow)
+        self.role_last_session: OrderedDict[str, str] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self.workflows)
@@ -53,6 +64,7 @@ class WorkflowRegistry:
             role = (workflow.workflow_id, agent.agent_id)
             self.agent_sessions[role] = agent.session_id
             self.session_roles.setdefault(agent.session_id, set()).add(role)
+            self.role_of[role] = agent.role or agent.agent_id
         return {"workflow_id": workflow.workflow_id, "steps_to_execution": self._push(workflow)}
 
     def check_step(self, step: WorkflowStep) -> Workflow:
@@ -75,6 +87,30 @@ class WorkflowRegistry:
         workflow.advance(step.agent_id)
         self.pace.observe_step(workflow.workflow_id, self.kv.access_clock())
         return {"workflow_id": step.workflow_id, "steps_to_execution": self._push(workflow)}
+
+    def turn_recorded(self, session_id: str) -> None:
+        """A workflow agent's turn is in the tree: its role's prefix is the part it shares with the
+        role's previous session (another instance's), which then carries the role's steps."""
+        roles = {self.role_of[r] for r in self.session_roles.get(session_id, ())}
+        for role in roles:
+            key = ROLE_PREFIX + role
+            previous = self.role_last_session.get(role)
+            node = None
+            if previous is not None and previous != session_id:
+                node = self.kv.common_prefix_node(session_id, previous)  # another instance's
+            elif self.kv.last_node(key) is None:
+                last = self.kv.last_node(session_id)  # the first of the role: its whole path, for now
+                node = None if last is None else last.id
+            self.role_last_session[role] = session_id
+            self.role_last_session.move_to_end(role)
+            if node is not None:
+                self.kv.set_session_steps({key: None})  # its old path no longer counts
+                self.kv.record_turn(key, node)
+        while len(self.role_last_session) > MAX_ROLES_REMEMBERED:
+            role, _ = self.role_last_session.popitem(last=False)
+            self.kv.forget_session(ROLE_PREFIX + role)
+        if roles:
+            self._push_roles(roles)
 
     def turn_ended(self, session_id: str) -> None:
         """A turn of `session_id` finished with no tool call to follow: a workflow whose last agent
@@ -112,7 +148,19 @@ class WorkflowRegistry:
         self.last_active[workflow.workflow_id] = self.clock()
         sessions = {self.agent_sessions[(workflow.workflow_id, agent)] for agent in workflow.agents}
         self._push_sessions(sessions)
+        self._push_roles({self.role_of[(workflow.workflow_id, a)] for a in workflow.agents})
         return steps
+
+    def _push_roles(self, roles) -> None:
+        """Each role's prefix needs the soonest steps of that role over the live workflows (None:
+        no live workflow has the role, an ordinary prefix again)."""
+        soonest: dict[str, Optional[int]] = {role: None for role in roles}
+        for (wf_id, agent), role in self.role_of.items():
+            if role in soonest:
+                value = self.steps.get(wf_id, {}).get(agent)
+                if value is not None and (soonest[role] is None or value < soonest[role]):
+                    soonest[role] = value
+        self.kv.set_session_steps({ROLE_PREFIX + r: v for r, v in soonest.items() if r in self.role_last_session})
 
     def _push_sessions(self, sessions) -> None:
         """A session serving in several live workflows is needed as soon as the soonest needs it; one
@@ -141,6 +189,7 @@ class WorkflowRegistry:
         self.last_active.pop(wf_id, None)
         self.pace.forget(wf_id)
         sessions = set()
+        prefixes = {self.role_of.pop((wf_id, agent)) for agent in workflow.agents}
         for agent in workflow.agents:
             role = (wf_id, agent)
             session_id = self.agent_sessions.pop(role)
@@ -150,6 +199,7 @@ class WorkflowRegistry:
             if not roles:
                 del self.session_roles[session_id]
         self._push_sessions(sessions)
+        self._push_roles(prefixes)
         self.ended[wf_id] = None
         while len(self.ended) > MAX_ENDED_WORKFLOWS_REMEMBERED:
             self.ended.popitem(last=False)
