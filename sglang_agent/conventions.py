@@ -24,11 +24,11 @@ import re
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from sglang_agent.hints import MAX_ID_CHARS, HintError
+from sglang_agent.hints import MAX_FIXED_TTL_S, MAX_ID_CHARS, HintError
 
 SESSION_HEADER = b"x-session-id"
 ANTHROPIC_TTLS = {"5m": 300.0, "1h": 3600.0}
-MAX_CACHE_TTL_S = 3600.0  # Anthropic's longest; Dynamo clamps to 300-3600 s too
+MAX_CACHE_TTL_S = MAX_FIXED_TTL_S  # the limit of an explicit ttl_s: Anthropic's longest (Dynamo clamps to 1 h too)
 # Body fields that /generate (a dataclass) would refuse; the chat and completions models ignore them.
 CONVENTION_FIELDS = ("job_id", "is_last_step", "cache_control", "nvext", "prompt_cache_key", "safety_identifier")
 

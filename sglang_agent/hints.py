@@ -254,16 +254,15 @@ def _is_batch_prompt(value: Any) -> bool:
     return isinstance(value, list) and bool(value) and not all(isinstance(v, int) and not isinstance(v, bool) for v in value)
 
 
-def check_inference_body(path: str, payload: dict, with_agent: bool) -> None:
+def check_inference_body(path: str, payload: dict, with_agent: bool) -> bool:
     """What our server refuses in a /generate, /v1/chat/completions or /v1/completions body
     before SGLang sees it (400): `n` that is not a positive integer; with an `agent` object,
-    anything that makes more than one request (batches, n > 1), since a hint describes one."""
+    anything that makes more than one request (batches, n > 1), since a hint describes one.
+    Returns whether the body is one request (what a hint, or a turn the server reads, describes)."""
     sampling = payload.get("sampling_params")
     n = _count(payload.get("n"), "n")
     if isinstance(sampling, dict):
         n = max(n, _count(sampling.get("n"), "sampling_params.n"))
-    if not with_agent:
-        return
     if path == "/generate":
         batch = _is_batch_prompt(payload.get("text")) or _is_batch_prompt(payload.get("input_ids")) or isinstance(
             sampling, list)
@@ -271,7 +270,8 @@ def check_inference_body(path: str, payload: dict, with_agent: bool) -> None:
         batch = _is_batch_prompt(payload.get("prompt"))
     else:
         batch = False
-    if batch:
+    if with_agent and batch:
         raise HintError(400, "agent hints apply to a single request, not a batch")
-    if n != 1:
+    if with_agent and n != 1:
         raise HintError(400, "agent hints apply to a single completion (n=1)")
+    return not batch and n == 1

@@ -38,6 +38,7 @@ class WorkflowRegistry:
         # Ids of ended workflows (bounded): a later step gets 409 "ended", not 404.
         self.ended: OrderedDict[str, None] = OrderedDict()
         self.role_of: dict[tuple[str, str], str] = {}  # (workflow, agent) -> role
+        self.role_members: dict[str, set[tuple[str, str]]] = {}  # role -> its (workflow, agent)s, live
         # role -> the latest session that finished a turn in it (bounded, outlives its workflow)
         self.role_last_session: OrderedDict[str, str] = OrderedDict()
 
@@ -65,6 +66,7 @@ class WorkflowRegistry:
             self.agent_sessions[role] = agent.session_id
             self.session_roles.setdefault(agent.session_id, set()).add(role)
             self.role_of[role] = agent.role or agent.agent_id
+            self.role_members.setdefault(self.role_of[role], set()).add(role)
         return {"workflow_id": workflow.workflow_id, "steps_to_execution": self._push(workflow)}
 
     def check_step(self, step: WorkflowStep) -> Workflow:
@@ -92,6 +94,7 @@ class WorkflowRegistry:
         """A workflow agent's turn is in the tree: its role's prefix is the part it shares with the
         role's previous session (another instance's), which then carries the role's steps."""
         roles = {self.role_of[r] for r in self.session_roles.get(session_id, ())}
+        moved = set()
         for role in roles:
             key = ROLE_PREFIX + role
             previous = self.role_last_session.get(role)
@@ -106,11 +109,12 @@ class WorkflowRegistry:
             if node is not None:
                 self.kv.set_session_steps({key: None})  # its old path no longer counts
                 self.kv.record_turn(key, node)
+                moved.add(role)
         while len(self.role_last_session) > MAX_ROLES_REMEMBERED:
             role, _ = self.role_last_session.popitem(last=False)
             self.kv.forget_session(ROLE_PREFIX + role)
-        if roles:
-            self._push_roles(roles)
+        if moved:
+            self._push_roles(moved)  # the steps did not change; the prefix that carries them did
 
     def turn_ended(self, session_id: str) -> None:
         """A turn of `session_id` finished with no tool call to follow: a workflow whose last agent
@@ -154,12 +158,10 @@ class WorkflowRegistry:
     def _push_roles(self, roles) -> None:
         """Each role's prefix needs the soonest steps of that role over the live workflows (None:
         no live workflow has the role, an ordinary prefix again)."""
-        soonest: dict[str, Optional[int]] = {role: None for role in roles}
-        for (wf_id, agent), role in self.role_of.items():
-            if role in soonest:
-                value = self.steps.get(wf_id, {}).get(agent)
-                if value is not None and (soonest[role] is None or value < soonest[role]):
-                    soonest[role] = value
+        soonest = {}
+        for role in roles:
+            values = [self.steps[wf_id][agent] for wf_id, agent in self.role_members.get(role, ())]
+            soonest[role] = min((v for v in values if v is not None), default=None)
         self.kv.set_session_steps({ROLE_PREFIX + r: v for r, v in soonest.items() if r in self.role_last_session})
 
     def _push_sessions(self, sessions) -> None:
@@ -189,7 +191,14 @@ class WorkflowRegistry:
         self.last_active.pop(wf_id, None)
         self.pace.forget(wf_id)
         sessions = set()
-        prefixes = {self.role_of.pop((wf_id, agent)) for agent in workflow.agents}
+        prefixes = set()
+        for agent in workflow.agents:
+            prefix = self.role_of.pop((wf_id, agent))
+            prefixes.add(prefix)
+            members = self.role_members[prefix]
+            members.discard((wf_id, agent))
+            if not members:
+                del self.role_members[prefix]
         for agent in workflow.agents:
             role = (wf_id, agent)
             session_id = self.agent_sessions.pop(role)

@@ -188,14 +188,6 @@ def _detection() -> tuple[bool, Optional[re.Pattern]]:
     return args.detect_tool_calls, (re.compile(args.tool_call_pattern) if args.tool_call_pattern else None)
 
 
-def _single(path: str, payload: dict) -> bool:
-    try:
-        hints.check_inference_body(path, payload, with_agent=True)
-    except hints.HintError:
-        return False
-    return isinstance(payload.get("rid"), (str, type(None)))
-
-
 class InlineHintMiddleware:
     """Pure ASGI middleware on the inference routes.
 
@@ -220,16 +212,17 @@ class InlineHintMiddleware:
             chunks.append(message.get("body", b""))
             more = message.get("more_body", False)
         raw = b"".join(chunks)
-        forwarded, bound_rid, agent_body, observer, client = raw, None, None, None, None
+        forwarded, bound_rid, agent_body, observer, client, single = raw, None, None, None, None, False
         try:
             payload = parse_json(raw) if raw else None
             if isinstance(payload, dict):
-                hints.check_inference_body(path, payload, with_agent="agent" in payload)
+                single = hints.check_inference_body(path, payload, with_agent="agent" in payload)
+                single = single and isinstance(payload.get("rid"), (str, type(None)))
                 client = conventions.read_client_hints(payload, dict(scope["headers"]))
         except hints.HintError as e:
             return await JSONResponse(e.to_body(), status_code=e.status)(scope, receive, send)
         rid = None
-        if isinstance(payload, dict) and _single(path, payload):
+        if single:
             detect, pattern = _detection()
             agent_body = payload.pop("agent", None)
             if agent_body is None and client.session_id is not None:
