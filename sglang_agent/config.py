@@ -49,6 +49,12 @@ class AgentServerArgs:
     tool_call_pattern: str = ""
     # Longest pin a client's own TTL (cache_control, tool_start.ttl_s) may ask for.
     max_cache_ttl_s: float = 3600.0
+    # Undeclared workflows (steps of a workflow nobody declared): learn the agent graph online
+    # (policy/learned_graph.py). An edge is trusted once its role completed this many times and
+    # followed with at least this frequency; below that the policy keeps LRU order.
+    learn_workflows: bool = True
+    workflow_min_observations: int = 2
+    workflow_min_probability: float = 0.5
 
     def __post_init__(self):
         if not 0.0 <= self.max_pinned_fraction <= 1.0:
@@ -64,6 +70,10 @@ class AgentServerArgs:
             raise ValueError(f"--agent-offload-watermark must be in (0, 1], got {self.offload_watermark}")
         if self.session_idle_s <= 0:
             raise ValueError("--agent-session-idle-s must be > 0")
+        if self.workflow_min_observations < 1:
+            raise ValueError("--agent-workflow-min-observations must be >= 1")
+        if not 0.0 < self.workflow_min_probability <= 1.0:
+            raise ValueError(f"--agent-workflow-min-probability must be in (0, 1], got {self.workflow_min_probability}")
         if self.copy_engine not in ("auto", "upstream", "triton"):
             raise ValueError(f"--agent-copy-engine must be auto, upstream or triton, got {self.copy_engine!r}")
         if self.tool_call_pattern:
@@ -126,6 +136,15 @@ class AgentServerArgs:
         group.add_argument("--agent-disable-tool-call-detection", action="store_true",
                            help="Only explicit hints count: no tool calls recognised in answers, no sessions "
                                 "found from prompts (zero-hint agents then get upstream behaviour).")
+        group.add_argument("--agent-disable-workflow-learning", action="store_true",
+                           help="A step of a workflow nobody declared gets 404 instead of teaching the server "
+                                "the workflow's agent graph (learned online from the order agents run in).")
+        group.add_argument("--agent-workflow-min-observations", type=int, default=d.workflow_min_observations,
+                           help="Learned workflow graphs: runs of a role before its edges are trusted "
+                                "(default %(default)s).")
+        group.add_argument("--agent-workflow-min-probability", type=float, default=d.workflow_min_probability,
+                           help="Learned workflow graphs: how often a role must follow another for the edge to "
+                                "count; below it the cache keeps LRU order (default %(default)s).")
         group.add_argument("--agent-disable-program-fcfs", action="store_true",
                            help="Order resumed turns by their own arrival (upstream FCFS).")
 
@@ -151,6 +170,9 @@ class AgentServerArgs:
             copy_engine=args.agent_copy_engine,
             detect_tool_calls=not args.agent_disable_tool_call_detection,
             tool_call_pattern=args.agent_tool_call_pattern,
+            learn_workflows=not args.agent_disable_workflow_learning,
+            workflow_min_observations=args.agent_workflow_min_observations,
+            workflow_min_probability=args.agent_workflow_min_probability,
         )
 
     def resolved_copy_engine(self) -> str:

@@ -7,6 +7,7 @@ on what one hint may make the scheduler hold (`MAX_WORKFLOW_*`: 413 above them).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any, Optional
@@ -52,6 +53,10 @@ class SessionRef:
 class WorkflowStep:
     workflow_id: str
     agent_id: str
+    # An undeclared workflow's steps teach the server its graph: the agent's session (inline hints:
+    # the request's) and its role (the fixed prompt instances share; default the agent id).
+    session_id: Optional[str] = None
+    role: Optional[str] = None
 
 
 @dataclass(frozen=True)
@@ -165,6 +170,9 @@ def parse_inline(body: Any) -> InlineAgentHint:
         tool_start = parse_tool_start({**raw, "session_id": session_id}, "agent.tool_start")
     if body.get("workflow_step") is not None:
         step = parse_workflow_step(body["workflow_step"], "agent.workflow_step")
+        if step.session_id not in (None, session_id):
+            raise HintError(400, "agent.workflow_step: 'session_id' is the request's session; leave it out")
+        step = dataclasses.replace(step, session_id=session_id)
     close = body.get("close_after_turn", False)
     if not isinstance(close, bool):
         raise HintError(400, f"{where}: 'close_after_turn' must be true or false")
@@ -173,8 +181,9 @@ def parse_inline(body: Any) -> InlineAgentHint:
 
 def parse_workflow_step(body: Any, where: str = "workflow/step") -> WorkflowStep:
     body = _require_object(body, where)
-    _check_keys(body, {"workflow_id", "agent_id"}, where)
-    return WorkflowStep(_identifier(body, "workflow_id", where), _identifier(body, "agent_id", where))
+    _check_keys(body, {"workflow_id", "agent_id", "session_id", "role"}, where)
+    optional = {k: _identifier(body, k, where) if body.get(k) is not None else None for k in ("session_id", "role")}
+    return WorkflowStep(_identifier(body, "workflow_id", where), _identifier(body, "agent_id", where), **optional)
 
 
 def _id_list(value: Any, where: str) -> list[str]:

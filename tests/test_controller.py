@@ -397,6 +397,94 @@ def test_a_role_prompt_is_protected_for_the_next_instance_whatever_its_session_i
     assert role_node.steps_to_execution is None
 
 
+@pytest.mark.parametrize("min_observations, kept", [(2, True), (100, False)])
+def test_an_undeclared_workflow_teaches_the_graph_that_protects_the_next_roles_prompts(env, min_observations, kept):
+    """Issue "Multi-agent workflows as real DAGs", 2: no declaration, only inline steps (workflow and
+    agent ids). Two instances of planner -> worker_1 || worker_2 -> reviewer teach the role graph;
+    in the third, once the planner ran, the workers' and the reviewer's role prompts carry steps
+    (1, 2) and the workers' outlive an eviction in LRU order that takes them otherwise (the control: a graph
+    that is never trusted, 100 observations needed, keeps plain LRU order)."""
+    cache, clock, ctl = env(pool=400, workflow_min_observations=min_observations)
+    roles = {"planner": 0, "worker_1": 100, "worker_2": 200, "reviewer": 300}
+    prompts = {agent: [base + i for i in range(20)] for agent, base in roles.items()}
+    results = {}
+
+    def start(n, agent):
+        session = f"wf{n}/{agent}"
+        answer = ctl.bind(f"r{n}{agent}", InlineAgentHint(session, workflow_step=WorkflowStep(f"wf{n}", agent,
+                                                                                              session_id=session)))
+        ctl.request_entered(f"r{n}{agent}")
+        return answer
+
+    def finish(n, agent):
+        key = prompts[agent] + [1000 * n + roles[agent] + i for i in range(5)]
+        result = insert(cache, key)
+        ctl.turn_finished(FakeReq(f"r{n}{agent}", result.last_device_node, key, 0))
+
+    for n in (1, 2):
+        start(n, "planner")
+        finish(n, "planner")
+        start(n, "worker_1")
+        start(n, "worker_2")  # parallel: both step before either ends
+        finish(n, "worker_2")
+        finish(n, "worker_1")
+        start(n, "reviewer")
+        finish(n, "reviewer")
+    # Both instances live on (nobody knows yet that the reviewer is last); the reviewer's end is
+    # counted when its instance is forgotten, so only the three roles something followed are rows.
+    assert ctl.snapshot()["learned_workflows"] == 2 and ctl.snapshot()["learned_roles"] == 3
+    start(3, "planner")
+    answer = ctl.workflows.step(WorkflowStep("wf3", "planner", session_id="wf3/planner"))  # said twice: no change
+    assert answer["learned"] is True
+    finish(3, "planner")
+    reviewer = cache.last_node("role:reviewer")
+    assert reviewer is not None and list(reviewer.key)[-1] == 319  # the role prompt the instances share
+    if kept:
+        assert answer["role_steps_to_execution"] == {"planner": 0, "worker_1": 1, "worker_2": 1, "reviewer": 2}
+        assert reviewer.steps_to_execution == 2
+        assert cache.last_node("role:worker_1").steps_to_execution == 1
+    else:
+        assert answer["role_steps_to_execution"] == {"planner": 0} and reviewer.steps_to_execution is None
+    for i in range(4):
+        insert(cache, [5000 + 100 * i + j for j in range(20)])  # other tenants, newer
+    # LRU order takes the old instances' suffixes, then the workers' role prompts (used before the
+    # reviewer's); steps 1 rank them like nodes used one step ago, after the other tenants' nodes.
+    cache.evict(EvictParams(num_tokens=80))
+    for agent in ("worker_1", "worker_2"):
+        assert (match(cache, prompts[agent]).device_prefix_len == 20) is kept, agent
+
+
+def test_undeclared_steps_need_learning_and_a_session(env):
+    cache, clock, ctl = env(learn_workflows=False)
+    with pytest.raises(HintError) as e:
+        ctl.bind("r1", InlineAgentHint("s", workflow_step=WorkflowStep("wf", "a", session_id="s")))
+    assert e.value.status == 404 and "s" not in ctl.sessions
+    cache, clock, ctl = env()
+    with pytest.raises(HintError) as e:
+        ctl.workflow_step(WorkflowStep("wf", "a"))  # no session: nothing to learn into
+    assert e.value.status == 404 and "session_id" in e.value.reason
+    ctl.bind("r1", InlineAgentHint("s", workflow_step=WorkflowStep("wf", "a", session_id="s")))
+    with pytest.raises(HintError) as e:
+        ctl.workflow_step(WorkflowStep("wf", "a", session_id="other"))
+    assert e.value.status == 409
+    with pytest.raises(HintError) as e:
+        ctl.declare_workflow(WorkflowDef("wf", (WorkflowAgent("a", "s"),), schedule=("a",)))
+    assert e.value.status == 409 and "undeclared" in e.value.reason
+    ctl.close("s")  # its last session gone: the learned instance goes too
+    assert ctl.snapshot()["learned_workflows"] == 0 and not ctl.workflows.session_roles
+
+
+def test_a_tool_call_recognised_after_the_turn_ended_keeps_the_learned_agent_running(env):
+    cache, clock, ctl = env()
+    run_turn(cache, ctl, "s", "r0", range(10))  # the session exists
+    ctl.bind("r1", InlineAgentHint("s", workflow_step=WorkflowStep("wf", "a", session_id="s")))
+    ctl.request_entered("r1")
+    ctl.turn_finished(FakeReq("r1", insert(cache, list(range(12))).last_device_node, list(range(12)), 10))
+    assert ctl.workflows.learned["wf"].running() == set()
+    ctl.tool_start(ToolStart("s", "bash", 1.0, detected=True))  # read from the answer afterwards
+    assert ctl.workflows.learned["wf"].running() == {"a"}
+
+
 def test_workflow_errors_change_nothing(env):
     cache, clock, ctl = env()
     three_agent_workflow(ctl)

@@ -2,6 +2,7 @@ import math
 
 import pytest
 
+from sglang_agent import hints
 from sglang_agent.hints import HintError, parse_inline, parse_session_ref, parse_tool_start
 
 
@@ -80,3 +81,14 @@ def test_workflow_definition_rejects(body, fragment):
     with pytest.raises(HintError) as err:
         parse_workflow(body)
     assert err.value.status == 400 and fragment in err.value.reason
+
+
+def test_inline_workflow_step_takes_the_requests_session_and_a_role():
+    hint = hints.parse_inline({"session_id": "s", "workflow_step": {"workflow_id": "w", "agent_id": "a", "role": "coder"}})
+    assert hint.workflow_step == hints.WorkflowStep("w", "a", session_id="s", role="coder")
+    with pytest.raises(hints.HintError) as e:
+        hints.parse_inline({"session_id": "s", "workflow_step": {"workflow_id": "w", "agent_id": "a", "session_id": "t"}})
+    assert e.value.status == 400 and "request's session" in e.value.reason
+    with pytest.raises(hints.HintError) as e:
+        hints.parse_workflow_step({"workflow_id": "w", "agent_id": "a", "role": ""})
+    assert e.value.status == 400 and "role" in e.value.reason

@@ -26,6 +26,7 @@ from sglang_agent.policy.temporal import (
     KEEP, OFFLOAD, POOL_ABOVE_WATERMARK, REQUESTS_WAITING, decide_placement, memory_pressure,
 )
 from sglang_agent.policy.ttl import EvictionCost, ToolDurationModel, choose_ttl, memory_cost_rate
+from sglang_agent.policy.learned_graph import TransitionGraph
 from sglang_agent.policy.workflow import WorkflowPace
 
 # At most this many sessions are looked at per step for idleness (the step stays small).
@@ -61,8 +62,10 @@ class AgentController:
         self.recent_unbound: OrderedDict[str, tuple] = OrderedDict()
         self.unbound_entered: OrderedDict[str, float] = OrderedDict()  # unbound rid -> when it entered
         self.by_activity: OrderedDict[str, None] = OrderedDict()  # sessions, least recently active first
+        graph = (TransitionGraph(args.workflow_min_observations, args.workflow_min_probability)
+                 if args.learn_workflows else None)
         self.workflows = WorkflowRegistry(kv, host_tier, pace or getattr(kv, "pace", None) or WorkflowPace(), clock,
-                                          session_exists=self.sessions.__contains__)
+                                          session_exists=self.sessions.__contains__, graph=graph)
         self.stats = AgentStats()
         self.state_counts = {state: 0 for state in State if state is not State.ABSENT}  # O(1) stats
         self._last_workflow_sweep = -math.inf
@@ -114,8 +117,8 @@ class AgentController:
         after = self._outcome(hint.session_id, Event.BIND).state
         if hint.tool_start is not None and isinstance(transition(after, Event.TOOL_START), Refuse):
             self._outcome(hint.session_id, Event.TOOL_START, tool=hint.tool_start.tool_name)
-        step = self.workflows.check_step(hint.workflow_step) if hint.workflow_step is not None else None
-        if step is not None:
+        if hint.workflow_step is not None:
+            self.workflows.check_step(hint.workflow_step)
             self.workflows.step(hint.workflow_step)
         self._fire(hint.session_id, Event.BIND, rid=rid)
         if hint.close_after_turn:
@@ -512,6 +515,7 @@ class AgentController:
     def _start_tool(self, session: AgentSession, hint: ToolStart) -> dict:
         now = self.clock()
         self.stats.tool_calls += 1
+        self.workflows.tool_started(session.session_id)
         load = self.load_probe()
         decision, samples, cost, path_tokens = self._choose_ttl(session.session_id, hint, load)
         tool = session.tool = ToolCall(hint.tool_name, now, hint.expected_duration_s, detected=hint.detected)
@@ -645,6 +649,8 @@ class AgentController:
             "pins": self.kv.pin_count(),
             "pin_cap_tokens": int(self.args.max_pinned_fraction * self.kv.pool_tokens()),
             "workflows": len(self.workflows),
+            "learned_workflows": len(self.workflows.learned),
+            "learned_roles": len(self.workflows.graph.rows) if self.workflows.graph is not None else 0,
             **vars(self.stats),
             "hit_rate_after_tool_calls": (
                 self.stats.resumed_turns_with_hit / self.stats.resumed_turns if self.stats.resumed_turns else None

@@ -14,6 +14,8 @@ from typing import Callable, Optional
 
 from sglang_agent.controller.ports import HostTier, SessionKV
 from sglang_agent.hints import HintError, WorkflowDef, WorkflowStep
+from sglang_agent.hints import MAX_WORKFLOW_AGENTS
+from sglang_agent.policy.learned_graph import LearnedRun, TransitionGraph
 from sglang_agent.policy.workflow import NEVER_AGAIN, UnknownAgentError, Workflow, WorkflowError, WorkflowPace
 
 MAX_ENDED_WORKFLOWS_REMEMBERED = 4096
@@ -23,7 +25,8 @@ ROLE_PREFIX = "role:"  # the cache's key for a role's prefix (not a session of a
 
 class WorkflowRegistry:
     def __init__(self, kv: SessionKV, host_tier: Optional[HostTier], pace: WorkflowPace,
-                 clock: Callable[[], float], session_exists: Callable[[str], bool]):
+                 clock: Callable[[], float], session_exists: Callable[[str], bool],
+                 graph: Optional[TransitionGraph] = None):
         self.kv = kv
         self.session_exists = session_exists
         self.host_tier = host_tier
@@ -41,13 +44,21 @@ class WorkflowRegistry:
         self.role_members: dict[str, set[tuple[str, str]]] = {}  # role -> its (workflow, agent)s, live
         # role -> the latest session that finished a turn in it (bounded, outlives its workflow)
         self.role_last_session: OrderedDict[str, str] = OrderedDict()
+        # Learned workflows (None: a step of an undeclared workflow is 404).
+        self.graph = graph
+        self.learned: dict[str, LearnedRun] = {}
+        self.predicted: dict[str, dict[str, int]] = {}  # learned workflow -> steps of roles it may run next
+        self.predicted_by_role: dict[str, set[str]] = {}  # role -> learned workflows predicting it
 
     def __len__(self) -> int:
-        return len(self.workflows)
+        return len(self.workflows) + len(self.learned)
 
     def declare(self, definition: WorkflowDef) -> dict:
         if definition.workflow_id in self.workflows:
             raise HintError(409, f"workflow {definition.workflow_id!r} is already declared")
+        if definition.workflow_id in self.learned:
+            raise HintError(409, f"workflow {definition.workflow_id!r} is running undeclared (its steps came "
+                                 f"first); declare the next instance under a new id")
         agent_ids = [a.agent_id for a in definition.agents]
         sessions = [a.session_id for a in definition.agents]
         if len(set(sessions)) != len(sessions):
@@ -69,13 +80,15 @@ class WorkflowRegistry:
             self.role_members.setdefault(self.role_of[role], set()).add(role)
         return {"workflow_id": workflow.workflow_id, "steps_to_execution": self._push(workflow)}
 
-    def check_step(self, step: WorkflowStep) -> Workflow:
-        """The workflow `step` may advance; raises HintError (nothing changes) otherwise."""
+    def check_step(self, step: WorkflowStep) -> Optional[Workflow]:
+        """The workflow `step` may advance; raises HintError (nothing changes) otherwise. None: the
+        step is one of an undeclared workflow (learned)."""
         workflow = self.workflows.get(step.workflow_id)
         if workflow is None and step.workflow_id in self.ended:
             raise HintError(409, f"workflow {step.workflow_id!r} has ended")
         if workflow is None:
-            raise HintError(404, f"unknown workflow {step.workflow_id!r}: declare it with POST /agent/workflow")
+            self._check_learned_step(step)
+            return None
         try:
             workflow.check_step(step.agent_id)
         except UnknownAgentError as e:
@@ -86,9 +99,89 @@ class WorkflowRegistry:
 
     def step(self, step: WorkflowStep) -> dict:
         workflow = self.check_step(step)
+        if workflow is None:
+            return self._learned_step(step)
         workflow.advance(step.agent_id)
         self.pace.observe_step(workflow.workflow_id, self.kv.access_clock())
         return {"workflow_id": step.workflow_id, "steps_to_execution": self._push(workflow)}
+
+    # ---- learned workflows ---------------------------------------------------------------------
+    def _check_learned_step(self, step: WorkflowStep) -> None:
+        if self.graph is None or step.session_id is None:
+            how = ("" if self.graph is None else
+                   ", or send the step inline (agent.workflow_step) or with its session_id for the server to learn it")
+            raise HintError(404, f"unknown workflow {step.workflow_id!r}: declare it with POST /agent/workflow{how}")
+        run = self.learned.get(step.workflow_id)
+        if run is None:
+            return
+        known = self.agent_sessions.get((step.workflow_id, step.agent_id))
+        if known is not None and known != step.session_id:
+            raise HintError(409, f"agent {step.agent_id!r} of workflow {step.workflow_id!r} runs in session "
+                                 f"{known!r}, not {step.session_id!r}")
+        role = step.role or step.agent_id
+        if step.agent_id in run.roles and run.roles[step.agent_id] != role:
+            raise HintError(409, f"agent {step.agent_id!r} of workflow {step.workflow_id!r} has role "
+                                 f"{run.roles[step.agent_id]!r}, not {role!r}")
+        if step.agent_id not in run.roles and len(run.agents) >= MAX_WORKFLOW_AGENTS:
+            raise HintError(413, f"workflow {step.workflow_id!r} has {MAX_WORKFLOW_AGENTS} agents already")
+
+    def _learned_step(self, step: WorkflowStep) -> dict:
+        run = self.learned.get(step.workflow_id)
+        if run is None:
+            run = self.learned[step.workflow_id] = LearnedRun(step.workflow_id)
+        role = step.role or step.agent_id
+        key = (step.workflow_id, step.agent_id)
+        if key not in self.agent_sessions:
+            self.agent_sessions[key] = step.session_id
+            self.session_roles.setdefault(step.session_id, set()).add(key)
+            self.role_of[key] = role
+            self.role_members.setdefault(role, set()).add(key)
+        for pred in run.step(step.agent_id, role):
+            self._count_end(run, pred)
+            self.graph.observe_transition(run.roles[pred], role)
+        self.pace.observe_step(step.workflow_id, self.kv.access_clock())
+        steps, role_steps = self._push_learned(run)
+        return {"workflow_id": step.workflow_id, "learned": True, "steps_to_execution": steps,
+                "role_steps_to_execution": role_steps}
+
+    def _count_end(self, run: LearnedRun, agent_id: str) -> None:
+        if agent_id not in run.counted:
+            run.counted.add(agent_id)
+            self.graph.observe_completion(run.roles[agent_id])
+
+    def tool_started(self, session_id: str) -> None:
+        """A tool call of `session_id` started: an undeclared agent whose turn end was taken for
+        its run's end runs on (a tool call recognised in the answer comes after the turn ended)."""
+        for wf_id, agent_id in self.session_roles.get(session_id, ()):
+            run = self.learned.get(wf_id)
+            if run is not None and run.reopen(agent_id):
+                self._push_learned(run)
+
+    def _push_learned(self, run: LearnedRun) -> tuple[dict, dict]:
+        steps, role_steps = run.steps_to_execution(self.graph)
+        wf_id = run.workflow_id
+        self.steps[wf_id] = steps
+        self.last_active[wf_id] = self.clock()
+        roles = {run.roles[a] for a in run.agents} | set(self.predicted.get(wf_id, ())) | set(role_steps)
+        self._set_predicted(wf_id, role_steps)
+        self._push_sessions({self.agent_sessions[(wf_id, a)] for a in run.agents})
+        self._push_roles(roles)
+        return steps, role_steps
+
+    def _set_predicted(self, wf_id: str, role_steps: dict[str, int]) -> None:
+        for role in self.predicted.pop(wf_id, {}):
+            members = self.predicted_by_role.get(role)
+            if members is not None:
+                members.discard(wf_id)
+                if not members:
+                    del self.predicted_by_role[role]
+        if role_steps:
+            self.predicted[wf_id] = dict(role_steps)
+            for role in role_steps:
+                self.predicted_by_role.setdefault(role, set()).add(wf_id)
+
+    def learned_edges(self) -> list[tuple[str, str, float]]:
+        return self.graph.edges() if self.graph is not None else []
 
     def turn_recorded(self, session_id: str) -> None:
         """A workflow agent's turn is in the tree: its role's prefix is the part it shares with the
@@ -101,8 +194,10 @@ class WorkflowRegistry:
             node = None
             if previous is not None and previous != session_id:
                 node = self.kv.common_prefix_node(session_id, previous)  # another instance's
-            elif self.kv.last_node(key) is None:
-                last = self.kv.last_node(session_id)  # the first of the role: its whole path, for now
+            if node is None and self.kv.last_node(key) is None:
+                # The first of the role, or the previous one's path and the role's prefix were both
+                # evicted: its whole path, for now.
+                last = self.kv.last_node(session_id)
                 node = None if last is None else last.id
             self.role_last_session[role] = session_id
             self.role_last_session.move_to_end(role)
@@ -120,6 +215,14 @@ class WorkflowRegistry:
         """A turn of `session_id` finished with no tool call to follow: a workflow whose last agent
         that was is over, and none of its prefixes is needed again by it."""
         for wf_id, agent_id in list(self.session_roles.get(session_id, ())):
+            run = self.learned.get(wf_id)
+            if run is not None:
+                if run.end_run(agent_id):
+                    if run.finished(self.graph):
+                        self._forget(run)  # the graph is sure nothing follows
+                    else:
+                        self._push_learned(run)
+                continue
             workflow = self.workflows[wf_id]
             if workflow.turn_ended(agent_id):
                 workflow.end()
@@ -128,20 +231,22 @@ class WorkflowRegistry:
     def session_gone(self, session_id: str) -> None:
         """The session was closed or forgotten: a workflow none of whose sessions is left ends."""
         for wf_id, _ in list(self.session_roles.get(session_id, ())):
-            workflow = self.workflows.get(wf_id)
+            workflow = self.workflows.get(wf_id) or self.learned.get(wf_id)
             if workflow is None:
                 continue
             others = [self.agent_sessions[(wf_id, a)] for a in workflow.agents]
             if all(s == session_id or not self.session_exists(s) for s in others):
-                workflow.end()
+                if isinstance(workflow, Workflow):
+                    workflow.end()
                 self._forget(workflow)
 
     def forget_idle(self, now: float, idle_s: float) -> int:
         """Workflows with no step for `idle_s` and no live session are dropped (bounded state)."""
+        live = {**self.workflows, **self.learned}
         stale = [wf_id for wf_id, t in self.last_active.items() if now - t > idle_s and not any(
-            self.session_exists(self.agent_sessions[(wf_id, a)]) for a in self.workflows[wf_id].agents)]
+            self.session_exists(self.agent_sessions[(wf_id, a)]) for a in live[wf_id].agents)]
         for wf_id in stale:
-            self._forget(self.workflows[wf_id])
+            self._forget(live[wf_id])
         return len(stale)
 
     # ---- internals -----------------------------------------------------------------------------
@@ -161,6 +266,7 @@ class WorkflowRegistry:
         soonest = {}
         for role in roles:
             values = [self.steps[wf_id][agent] for wf_id, agent in self.role_members.get(role, ())]
+            values += [self.predicted[wf_id][role] for wf_id in self.predicted_by_role.get(role, ())]
             soonest[role] = min((v for v in values if v is not None), default=None)
         self.kv.set_session_steps({ROLE_PREFIX + r: v for r, v in soonest.items() if r in self.role_last_session})
 
@@ -174,8 +280,10 @@ class WorkflowRegistry:
             if not roles:
                 per_session[session_id] = None
                 continue
-            values = [self.steps[wf][a] for wf, a in roles]
-            per_session[session_id] = min((v for v in values if v is not None), default=NEVER_AGAIN)
+            # A learned workflow's None is "not sure" (it does not count); a declared one's "never again".
+            values = [self.steps[wf][a] for wf, a in roles if not (wf in self.learned and self.steps[wf][a] is None)]
+            known = [v for v in values if v is not None]
+            per_session[session_id] = min(known) if known else (NEVER_AGAIN if values else None)
         self.kv.set_session_steps(per_session)
         if self.host_tier is not None:
             # The agents due now or next should find their prefixes on the GPU (KVFlow prefetch).
@@ -183,10 +291,19 @@ class WorkflowRegistry:
                 if value is not None and value <= 1:
                     self.host_tier.prefetch_prefix(session_id)
 
-    def _forget(self, workflow: Workflow) -> None:
-        """An ended workflow leaves no state behind but its id (for a clear 409)."""
+    def _forget(self, workflow) -> None:
+        """An ended workflow leaves no state behind but its id (for a clear 409; a learned one not
+        even that: the server only guessed it ended, a later step starts it anew)."""
         wf_id = workflow.workflow_id
-        del self.workflows[wf_id]
+        run = self.learned.pop(wf_id, None)
+        learned = run is not None
+        if learned:
+            for agent in run.uncounted_ends():
+                self._count_end(run, agent)  # runs nothing followed: evidence of a last role
+        else:
+            del self.workflows[wf_id]
+        predicted = set(self.predicted.get(wf_id, ()))
+        self._set_predicted(wf_id, {})
         self.steps.pop(wf_id, None)
         self.last_active.pop(wf_id, None)
         self.pace.forget(wf_id)
@@ -208,7 +325,9 @@ class WorkflowRegistry:
             if not roles:
                 del self.session_roles[session_id]
         self._push_sessions(sessions)
-        self._push_roles(prefixes)
+        self._push_roles(prefixes | predicted)
+        if learned:
+            return
         self.ended[wf_id] = None
         while len(self.ended) > MAX_ENDED_WORKFLOWS_REMEMBERED:
             self.ended.popitem(last=False)

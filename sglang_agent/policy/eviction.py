@@ -7,8 +7,10 @@ SGLang's eviction walk pops the smallest key first. Our key, in order:
    clock that counts tree accesses). Under LRU a node's age stands for how far off its next use
    is; for a node a declared workflow needs again (KVFlow, arXiv 2507.07400: steps-to-execution)
    the schedule says it, so it ranks like a node last used `steps x accesses per step` ago on the
-   same clock. The next agent's prefix (steps 0 or 1) then outranks other tenants' recent nodes,
-   one needed 50 steps from now goes before them, and nodes no workflow knows keep their LRU
+   same clock, counted from a horizon of 3 steps (CacheSage's): the prefixes of the agents that run
+   within the next 3 steps outrank every LRU node, the soonest last (a long tool call inside a
+   running agent would otherwise let other tenants' one-off prompts push them out), one needed
+   50 steps from now goes before other tenants' recent nodes, and nodes no workflow knows keep their LRU
    place (before, "unknown" counted as furthest: every other tenant's prefix was evicted before
    any workflow node as soon as one workflow existed).
    Until the pace (tree accesses per workflow step) has been observed, or under a non-LRU base
@@ -21,6 +23,10 @@ from typing import Any, Optional
 
 UNPINNED_TIER = 0
 PINNED_TIER = 1
+# Steps ahead within which a workflow's prefixes outrank every LRU node: CacheSage (arXiv
+# 2605.27744) predicts 3 steps ahead and scores a block's survival = P(its agent fires within
+# them) above any age term.
+HORIZON_STEPS = 3
 
 
 def is_pin_live(ttl_deadline: Optional[float], now: float) -> bool:
@@ -40,5 +46,10 @@ def eviction_key(
     if (steps_to_execution is None or accesses_per_step is None or lru_now is None
             or not isinstance(base_priority, (int, float))):
         return (UNPINNED_TIER, base_priority)
-    # Needed in k steps = as valuable as a node that will be "touched" k steps from now.
-    return (UNPINNED_TIER, lru_now - steps_to_execution * accesses_per_step)
+    # Needed within the next few steps (CacheSage's horizon): kept over every LRU node, the
+    # soonest last. A tool call inside a running agent can take many steps' worth of other
+    # tenants' accesses, and their one-off prompts, newer by then, would push out the prefixes
+    # that are about to be used. Further off: like a node used (k - horizon) steps ago.
+    if steps_to_execution <= HORIZON_STEPS:
+        return (UNPINNED_TIER, lru_now + (HORIZON_STEPS - steps_to_execution) * 1e-3)
+    return (UNPINNED_TIER, lru_now - (steps_to_execution - HORIZON_STEPS) * accesses_per_step)

@@ -258,7 +258,7 @@ class InlineHintMiddleware:
                 return await JSONResponse(e.to_body(), status_code=e.status)(scope, receive, send)
             if dp_rank >= 0 and hint.workflow_step is not None:
                 # Workflows live on every DP rank; the step goes to all of them, the bind to one.
-                step = agent_body.pop("workflow_step")
+                step = {**agent_body.pop("workflow_step"), "session_id": hint.session_id}  # undeclared: learned
                 status, answer = await hub.call("workflow_step", step)
                 if status != 200:
                     return await JSONResponse(answer, status_code=status)(scope, receive, send)

@@ -43,6 +43,9 @@ GAUGES = {
     "pinned_tokens": ("sglang:agent_pinned_tokens", "KV tokens under a live TTL pin."),
     "sessions_offloaded": ("sglang:agent_sessions_offloaded", "Sessions whose KV waits in the host tier."),
     "host_tokens": ("sglang:agent_host_tokens", "KV tokens offloaded sessions hold in host memory."),
+    "workflows": ("sglang:agent_workflows", "Live workflow instances, declared or learned."),
+    "learned_workflows": ("sglang:agent_learned_workflows", "Live workflow instances nobody declared (graph learned)."),
+    "learned_roles": ("sglang:agent_learned_roles", "Agent roles in the learned workflow graph."),
 }
 
 
