@@ -485,6 +485,29 @@ def test_a_tool_call_recognised_after_the_turn_ended_keeps_the_learned_agent_run
     assert ctl.workflows.learned["wf"].running() == {"a"}
 
 
+def test_a_tool_call_read_after_the_last_agents_turn_ended_reopens_the_workflow(env):
+    """Defect (found by the simulator's TokenCake DAG, whose last agents call tools): the last
+    sink's turn ended, the workflow ended with it, and the tool call that the client announced
+    after the answer (or the server read from it) came too late: the sink's next turns ranked as
+    plain LRU. The workflow is reopened (within REOPEN_GRACE_S) and ends after the real last turn."""
+    cache, clock, ctl = env()
+    agents = (WorkflowAgent("plan", "wf/plan"), WorkflowAgent("a", "wf/a"), WorkflowAgent("b", "wf/b"))
+    ctl.declare_workflow(WorkflowDef("wf", agents, edges=(("plan", "a"), ("plan", "b")), dag=True))
+    for i, agent in enumerate(("plan", "a", "b")):
+        ctl.workflow_step(WorkflowStep("wf", agent))
+        run_turn(cache, ctl, f"wf/{agent}", f"r{i}", [100 * i + j for j in range(10)])
+    assert "wf" not in ctl.workflows.workflows  # b's turn ended: so did the workflow, for now
+    ctl.tool_start(ToolStart("wf/b", "bash", 1.0, detected=True))  # read from b's answer
+    assert "wf" in ctl.workflows.workflows and ctl.workflows.steps["wf"]["b"] == 0
+    clock.now = 1.0
+    ctl.tool_end("wf/b")
+    run_turn(cache, ctl, "wf/b", "r9", [200 + j for j in range(12)])
+    assert "wf" not in ctl.workflows.workflows and "wf" in ctl.workflows.ended
+    clock.now = 10.0
+    ctl.tool_start(ToolStart("wf/b", "bash", 1.0))  # long after: the workflow stays ended
+    assert "wf" not in ctl.workflows.workflows
+
+
 def test_workflow_errors_change_nothing(env):
     cache, clock, ctl = env()
     three_agent_workflow(ctl)

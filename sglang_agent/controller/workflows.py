@@ -20,6 +20,9 @@ from sglang_agent.policy.workflow import NEVER_AGAIN, UnknownAgentError, Workflo
 
 MAX_ENDED_WORKFLOWS_REMEMBERED = 4096
 MAX_ROLES_REMEMBERED = 4096
+# How long after a turn's end a tool call recognised in its answer (or a tool_start sent after the
+# answer) still counts as that turn's: a workflow the turn's end ended is reopened.
+REOPEN_GRACE_S = 2.0
 ROLE_PREFIX = "role:"  # the cache's key for a role's prefix (not a session of any client)
 
 
@@ -44,6 +47,10 @@ class WorkflowRegistry:
         self.role_members: dict[str, set[tuple[str, str]]] = {}  # role -> its (workflow, agent)s, live
         # role -> the latest session that finished a turn in it (bounded, outlives its workflow)
         self.role_last_session: OrderedDict[str, str] = OrderedDict()
+        self.definitions: dict[str, WorkflowDef] = {}  # declared workflow -> its declaration
+        # session -> (workflow its turn's end ended, its agent, the declaration, the workflow, when):
+        # a tool call recognised after the turn ended reopens it (bounded).
+        self.ended_by_turn: OrderedDict[str, tuple] = OrderedDict()
         # Learned workflows (None: a step of an undeclared workflow is 404).
         self.graph = graph
         self.learned: dict[str, LearnedRun] = {}
@@ -70,7 +77,12 @@ class WorkflowRegistry:
                 workflow = Workflow.from_graph(definition.workflow_id, agent_ids, list(definition.edges), definition.dag)
         except WorkflowError as e:
             raise HintError(400, f"workflow: {e}") from None
+        self._register(workflow, definition)
+        return {"workflow_id": workflow.workflow_id, "steps_to_execution": self._push(workflow)}
+
+    def _register(self, workflow: Workflow, definition: WorkflowDef) -> None:
         self.workflows[workflow.workflow_id] = workflow
+        self.definitions[workflow.workflow_id] = definition
         self.ended.pop(workflow.workflow_id, None)
         for agent in definition.agents:
             role = (workflow.workflow_id, agent.agent_id)
@@ -78,7 +90,6 @@ class WorkflowRegistry:
             self.session_roles.setdefault(agent.session_id, set()).add(role)
             self.role_of[role] = agent.role or agent.agent_id
             self.role_members.setdefault(self.role_of[role], set()).add(role)
-        return {"workflow_id": workflow.workflow_id, "steps_to_execution": self._push(workflow)}
 
     def check_step(self, step: WorkflowStep) -> Optional[Workflow]:
         """The workflow `step` may advance; raises HintError (nothing changes) otherwise. None: the
@@ -152,10 +163,21 @@ class WorkflowRegistry:
     def tool_started(self, session_id: str) -> None:
         """A tool call of `session_id` started: an undeclared agent whose turn end was taken for
         its run's end runs on (a tool call recognised in the answer comes after the turn ended)."""
-        for wf_id, agent_id in self.session_roles.get(session_id, ()):
+        for wf_id, agent_id in list(self.session_roles.get(session_id, ())):
             run = self.learned.get(wf_id)
             if run is not None and run.reopen(agent_id):
                 self._push_learned(run)
+        ended = self.ended_by_turn.pop(session_id, None)
+        if ended is None:
+            return
+        wf_id, agent_id, definition, workflow, when = ended
+        if self.clock() - when > REOPEN_GRACE_S or wf_id in self.workflows or wf_id in self.learned:
+            return
+        # A declared workflow's last agent took its turn's end for the workflow's: it runs on.
+        workflow.ended = False
+        workflow.sinks_done.discard(agent_id)
+        self._register(workflow, definition)
+        self._push(workflow)
 
     def _push_learned(self, run: LearnedRun) -> tuple[dict, dict]:
         steps, role_steps = run.steps_to_execution(self.graph)
@@ -226,7 +248,11 @@ class WorkflowRegistry:
             workflow = self.workflows[wf_id]
             if workflow.turn_ended(agent_id):
                 workflow.end()
+                definition = self.definitions[wf_id]
                 self._forget(workflow)
+                self.ended_by_turn[session_id] = (wf_id, agent_id, definition, workflow, self.clock())
+                while len(self.ended_by_turn) > MAX_ENDED_WORKFLOWS_REMEMBERED:
+                    self.ended_by_turn.popitem(last=False)
 
     def session_gone(self, session_id: str) -> None:
         """The session was closed or forgotten: a workflow none of whose sessions is left ends."""
@@ -302,6 +328,7 @@ class WorkflowRegistry:
                 self._count_end(run, agent)  # runs nothing followed: evidence of a last role
         else:
             del self.workflows[wf_id]
+        self.definitions.pop(wf_id, None)
         predicted = set(self.predicted.get(wf_id, ()))
         self._set_predicted(wf_id, {})
         self.steps.pop(wf_id, None)
