@@ -17,7 +17,7 @@ import asyncio
 import json
 import statistics
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Optional
 
@@ -115,7 +115,7 @@ def fold_token_ids(program: Program, max_token_id: int) -> Program:
     turns = [Turn(fold(t.append_tokens), fold(t.output_tokens), t.tool_name, t.tool_duration_s, t.agent_id)
              for t in program.turns]
     prefixes = {a: fold(t) for a, t in program.agent_prefixes.items()} if program.agent_prefixes else None
-    return Program(program.program_id, program.arrival_s, fold(program.system_tokens), turns, prefixes)
+    return replace(program, system_tokens=fold(program.system_tokens), turns=turns, agent_prefixes=prefixes)
 
 
 def _load(trace: str, limit: int, seed: int) -> list[Program]:

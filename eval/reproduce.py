@@ -1,12 +1,12 @@
 """Reproduce the papers' figures with the trace-driven simulator.
 
     python -m eval.reproduce --all                 # every figure (the project's main job)
-    python -m eval.reproduce --figure jct          # one of: jct, throughput, hit_rate, ttl, workflow, hints
+    python -m eval.reproduce --figure jct          # one of: jct, throughput, hit_rate, ttl, workflow, workflows, hints
     python -m eval.reproduce --all --quick         # small sizes, for a smoke run
 
 Figures (PNG) and their data (CSV) go to eval/results/. Workloads: BFCL v4 multi-turn programs
-(real, from the bfcl-eval package), synthetic coding-agent programs and synthetic multi-agent workflows
-(eval/traces/synthetic.py), on the Llama-3.1-8B / H100 cost profile unless --profile says otherwise. Every policy runs on
+(real, from the bfcl-eval package), synthetic coding-agent programs and synthetic multi-agent workflows,
+sequential and DAG (eval/traces/synthetic.py), on the Llama-3.1-8B / H100 cost profile unless --profile says otherwise. Every policy runs on
 the same AgentRadixCache and AgentController code as the server.
 """
 
@@ -22,17 +22,22 @@ from tqdm import tqdm
 
 from eval.sim.cost_model import load_profile
 from eval.sim.engine import simulate
-from eval.sim.metrics import summarize
-from eval.sim.policies import POLICIES, WORKFLOW_POLICIES, fixed_ttl_policy
+from eval.sim.metrics import summarize, summarize_dag
+from eval.sim.policies import DAG_POLICIES, POLICIES, WORKFLOW_POLICIES, fixed_ttl_policy
 from eval.traces.bfcl import load_bfcl
 from eval.traces.format import Program, with_poisson_arrivals
-from eval.traces.synthetic import coding_agent_programs, multi_agent_workflows
+from eval.traces.synthetic import coding_agent_programs, dag_workflows, multi_agent_workflows, tokencake_dag
 
 RESULTS = Path(__file__).parent / "results"
-FIGURES = ("jct", "throughput", "hit_rate", "ttl", "workflow", "hints")
+FIGURES = ("jct", "throughput", "hit_rate", "ttl", "workflow", "workflows", "hints")
 # The multi-agent workload's KV pool: its 24 agent prompts (144k tokens) fit, with little room
 # to spare, so eviction choices between agents matter (KVFlow's setting).
 WORKFLOW_POOL_TOKENS = 200_000
+# The DAG workloads' KV pool: the dag workload's 28 role prompts (4 apps x 7 roles, ~74k tokens)
+# do not all fit even with nothing else cached, so which roles stay is the eviction policy's
+# choice at every load; one TokenCake instance's contexts take ~16k tokens, so about four run at
+# once before they evict each other.
+DAG_POOL_TOKENS = 64_000
 
 
 @dataclass(frozen=True)
@@ -90,6 +95,53 @@ def workflow_sweep(cost, out: Path, seed: int, quick: bool) -> list[dict]:
         rows.append({"workload": "multi-agent", "rate_per_s": rate, **summarize(result)})
     write_csv(out / "workflow.csv", rows)
     return rows
+
+
+def dag_workloads(quick: bool) -> dict[str, tuple[tuple[float, ...], list[Program]]]:
+    """Workload -> (arrival rates, programs). The rates run from idle (nothing queues: 0.05/s on
+    both) to saturated (LRU's average JCT 8x / 5-6x its idle one on the 8B profile)."""
+    if quick:
+        return {"dag": ((0.05, 0.3), dag_workflows(12)), "tokencake": ((0.05, 0.2), tokencake_dag(6))}
+    return {"dag": ((0.05, 0.1, 0.2, 0.3, 0.4), dag_workflows(120)),
+            "tokencake": ((0.05, 0.1, 0.15, 0.2, 0.3), tokencake_dag(48))}
+
+
+def workflows_sweep(cost, out: Path, seed: int, quick: bool) -> list[dict]:
+    work = dag_workloads(quick)
+    jobs = [(name, rate, policy) for name, (rates, _) in work.items() for rate in rates for policy in DAG_POLICIES]
+    rows = []
+    for name, rate, policy in tqdm(jobs, desc="DAG workflows", unit="run"):
+        result = simulate(with_poisson_arrivals(work[name][1], rate, seed), cost, DAG_POLICIES[policy],
+                          pool_tokens=DAG_POOL_TOKENS)
+        rows.append({"workload": name, "rate_per_s": rate, **summarize_dag(result)})
+    write_csv(out / "workflows.csv", rows)
+    return rows
+
+
+def plot_workflows(rows, out: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(dict.fromkeys(r["workload"] for r in rows))
+    fig, axes = plt.subplots(len(names), 2, figsize=(11, 4 * len(names)), squeeze=False)
+    for (jct_ax, hit_ax), name in zip(axes, names):
+        for policy in DAG_POLICIES:
+            points = sorted((r["rate_per_s"], r["avg_jct_s"], r["role_prefix_hit_rate"]) for r in rows
+                            if r["workload"] == name and r["policy"] == policy)
+            jct_ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=policy)
+            hit_ax.plot([p[0] for p in points], [p[2] for p in points], marker="o", label=policy)
+        jct_ax.set_ylabel("average workflow JCT (s)")
+        jct_ax.set_yscale("log")
+        hit_ax.set_ylabel("role-prefix hit rate (GPU)")
+        hit_ax.set_ylim(-0.02, 1.02)
+        jct_ax.set_title(f"{name} workflows, {DAG_POOL_TOKENS // 1000}k-token KV pool")
+        for ax in (jct_ax, hit_ax):
+            ax.set_xlabel("workflow arrival rate (1/s)")
+            ax.grid(alpha=0.3)
+    axes[0][0].legend()
+    return _save(fig, out / "workflows.png")
 
 
 HINTED = ("continuum", "ours")
@@ -252,6 +304,9 @@ def main(argv=None) -> None:
     if "workflow" in figures:
         written += [plot_workflow(workflow_sweep(cost, args.out, args.seed, args.quick), args.out),
                     args.out / "workflow.csv"]
+    if "workflows" in figures:
+        written += [plot_workflows(workflows_sweep(cost, args.out, args.seed, args.quick), args.out),
+                    args.out / "workflows.csv"]
     if "ttl" in figures:
         written += [plot_ttl(ttl_sweep(work, cost, args.out, args.seed, args.quick), args.out),
                     args.out / "ttl_sensitivity.csv"]

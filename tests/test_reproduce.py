@@ -10,7 +10,7 @@ def test_quick_reproduce_writes_figures_and_data(tmp_path):
     reproduce.main(["--all", "--quick", "--out", str(tmp_path)])
     for name in ("jct_avg_vs_load.png", "jct_p90_vs_load.png", "throughput_vs_load.png", "hit_rate_vs_load.png",
                  "ttl_sensitivity.png", "sweep.csv", "ttl_sensitivity.csv", "workflow.png", "workflow.csv",
-                 "hints.png", "hints.csv"):
+                 "workflows.png", "workflows.csv", "hints.png", "hints.csv"):
         assert (tmp_path / name).stat().st_size > 0, name
     hinted = list(csv.DictReader(open(tmp_path / "hints.csv")))
     assert {(r["policy"], r["clients"]) for r in hinted} == {(p, c) for p in reproduce.HINTED
@@ -23,3 +23,20 @@ def test_quick_reproduce_writes_figures_and_data(tmp_path):
     for workload, rate, policy in by:
         if policy == "vllm":
             assert by[(workload, rate, "vllm")] >= by[(workload, rate, "sglang-lru")]
+
+
+def test_quick_workflows_figure_writes_every_policy_and_column(tmp_path):
+    reproduce.main(["--figure", "workflows", "--quick", "--out", str(tmp_path)])
+    assert (tmp_path / "workflows.png").stat().st_size > 0
+    rows = list(csv.DictReader(open(tmp_path / "workflows.csv")))
+    cases = {(w, str(r)) for w, (rates, _) in reproduce.dag_workloads(quick=True).items() for r in rates}
+    assert {(r["workload"], r["rate_per_s"], r["policy"]) for r in rows} == {
+        (w, rate, p) for w, rate in cases for p in reproduce.DAG_POLICIES}
+    assert len(rows) == len(cases) * len(reproduce.DAG_POLICIES)
+    for r in rows:
+        jct, chain = float(r["avg_jct_s"]), float(r["critical_path_jct_s"])
+        assert float(r["p90_jct_s"]) > 0 and 0.0 <= float(r["role_prefix_hit_rate"]) <= 1.0
+        # The critical path's agents run one after another inside the workflow: never longer.
+        assert 0 < chain <= jct + 1e-9
+        # Not on the GPU = reloaded + recomputed.
+        assert int(r["gpu_miss_tokens"]) >= int(r["recomputed_tokens"]) > 0

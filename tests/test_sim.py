@@ -148,3 +148,124 @@ def test_a_turn_before_the_planned_reload_starts_it_at_once():
     clock[0] = 2.0
     tier.turn_arrived("s")
     assert tier.take("s", 1000) == pytest.approx(LinearCost().reload_s(1000))
+
+
+def fan_out_program(arrival=0.0):
+    """a -> (b, c) -> d: b runs two turns around a 1 s tool, c one; 50-token role prompts."""
+    turns = [
+        Turn([], ids(60_000, 4), None, 0.0, "a"),
+        Turn(ids(61_000, 5), ids(61_100, 6), "search", 1.0, "b"),
+        Turn(ids(62_000, 5), ids(62_100, 30), None, 0.0, "c"),
+        Turn(ids(61_200, 8), ids(61_300, 3), None, 0.0, "b"),
+        Turn([], ids(63_000, 2), None, 0.0, "d"),
+    ]
+    prefixes = {a: ids(1000 * (i + 1), 50) for i, a in enumerate("abcd")}
+    deps = {"a": [], "b": ["a"], "c": ["a"], "d": ["b", "c"]}
+    return Program("g", arrival, ids(90_000, 10), turns, prefixes, deps, ["a", "b", "d"], {a: f"app/{a}" for a in deps})
+
+
+def test_dag_agents_run_in_parallel_and_the_join_waits_for_all():
+    result = simulate([fan_out_program(arrival=0.5)], LinearCost(), POLICIES["sglang-lru"])
+    (program,) = result.programs
+    turn = {t.turn: t for t in program.turns}
+    a, b1, c, b2, d = (turn[i] for i in range(5))
+    assert a.arrival_s == 0.5  # the entry agent arrives with the program
+    # b and c become ready together when a finishes, and run at the same time.
+    assert b1.arrival_s == c.arrival_s == a.finish_s
+    assert b1.first_token_s < c.finish_s and c.first_token_s < b1.finish_s
+    # b's next turn comes its tool's 1 s after its first turn finished, whatever c does.
+    assert b2.arrival_s == pytest.approx(b1.finish_s + 1.0)
+    # AND-join: d's first turn arrives the moment the last of its predecessors finished.
+    assert d.arrival_s == max(b2.finish_s, c.finish_s) and d.arrival_s > c.finish_s
+    assert program.finish_s == d.finish_s and program.jct_s == pytest.approx(d.finish_s - 0.5)
+    # The engine's prompts are the format's (prefix + task + predecessors' answers + append).
+    assert [turn[i].prompt_tokens for i in range(5)] == [len(x) for x in fan_out_program().turn_inputs()]
+    # b's second turn finds all its first turn left (prompt + output but the last token).
+    assert b2.cached_tokens == b2.previous_context_tokens == b1.prompt_tokens + 6 - 1
+
+
+def test_dag_workflow_hints_follow_the_policy():
+    """declared: one DAG declaration, then a step on each agent's first turn only; learned: no
+    declaration, first-turn steps that name their session and role; none: sessions only."""
+    from dataclasses import replace
+
+    from eval.sim.engine import Simulator
+    from eval.sim.policies import DAG_POLICIES
+
+    def hints(policy):
+        sim = Simulator([fan_out_program()], LinearCost(), policy)
+        calls = []
+        bind, declare = sim.controller.bind, sim.controller.declare_workflow
+        sim.controller.bind = lambda rid, hint: (calls.append((rid, hint)), bind(rid, hint))[1]
+        sim.controller.declare_workflow = lambda d: (calls.append(("declare", d)), declare(d))[1]
+        sim.run()
+        return calls
+
+    declared = hints(DAG_POLICIES["ours"])
+    assert declared[0][0] == "declare"
+    definition = declared[0][1]
+    assert definition.dag and set(definition.edges) == {("a", "b"), ("a", "c"), ("b", "d"), ("c", "d")}
+    assert {(x.agent_id, x.session_id, x.role) for x in definition.agents} == {
+        (a, f"g/{a}", f"app/{a}") for a in "abcd"}
+    steps = {rid: hint.workflow_step for rid, hint in declared[1:]}
+    assert steps["g/3"] is None  # b's second turn: b is still running
+    assert {rid: (s.agent_id, s.session_id) for rid, s in steps.items() if s} == {
+        "g/0": ("a", None), "g/1": ("b", None), "g/2": ("c", None), "g/4": ("d", None)}
+    assert all(hint.session_id == f"g/{fan_out_program().turns[int(rid[2:])].agent_id}" for rid, hint in declared[1:])
+
+    learned = hints(DAG_POLICIES["ours-learned"])
+    assert all(rid != "declare" for rid, _ in learned)
+    steps = {rid: hint.workflow_step for rid, hint in learned}
+    assert steps["g/3"] is None and steps["g/4"].agent_id == "d"
+    assert (steps["g/4"].session_id, steps["g/4"].role) == ("g/d", "app/d")
+
+    silent = hints(DAG_POLICIES["ours-nohint"])
+    assert len(silent) == 5 and all(rid != "declare" and hint.workflow_step is None for rid, hint in silent)
+    # A TTL policy without workflow hints sends the same as ours-nohint.
+    assert [(r, h) for r, h in hints(replace(DAG_POLICIES["ours"], workflow_hints="none"))] == silent
+
+
+def test_every_dag_policy_finishes_every_workflow():
+    from eval.sim.policies import DAG_POLICIES
+    from eval.traces.format import with_poisson_arrivals
+    from eval.traces.synthetic import dag_workflows, tokencake_dag
+
+    programs = with_poisson_arrivals(dag_workflows(3) + tokencake_dag(2), 0.5, 0)
+    for policy in DAG_POLICIES.values():
+        result = simulate(programs, LinearCost(), policy, pool_tokens=40_000)
+        assert len(result.programs) == 5, policy.name
+        for p, source in zip(result.programs, programs):
+            assert len(p.turns) == len(source.turns) and all(t.finish_s > 0 for t in p.turns), policy.name
+
+
+def test_dag_metrics_by_hand():
+    """Two programs: P (a -> b, b two turns) and Q (a -> b, a -> c). Worked out below."""
+    from eval.sim.engine import ProgramResult, SimResult, TurnRecord
+    from eval.sim.metrics import summarize, summarize_dag
+
+    def rec(pid, turn, agent, arrival, finish, prompt, cached, gpu, role=None, prefix=0):
+        return TurnRecord(pid, turn, arrival, admitted_s=arrival, first_token_s=arrival + 0.1, finish_s=finish,
+                          prompt_tokens=prompt, cached_tokens=cached, gpu_cached_tokens=gpu, agent_id=agent,
+                          role=role, role_prefix_tokens=prefix)
+
+    p = ProgramResult("P", 0.0, 6.0, [
+        rec("P", 0, "a", 0.0, 2.0, 100, 0, 0, "r/a", 50),
+        rec("P", 1, "b", 2.0, 3.0, 80, 60, 40, "r/b", 40),
+        rec("P", 2, "b", 4.0, 6.0, 120, 100, 90),
+    ], critical_path=["a", "b"])
+    q = ProgramResult("Q", 1.0, 5.0, [
+        rec("Q", 0, "a", 1.0, 2.0, 100, 50, 30, "r/a", 50),
+        rec("Q", 1, "b", 2.2, 5.0, 80, 80, 80, "r/b", 40),
+        rec("Q", 2, "c", 2.0, 4.0, 60, 10, 10, "r/c", 30),
+    ], critical_path=["a", "c"])
+    result = SimResult("x", [p, q], 6.0)
+    dag = summarize_dag(result)
+    assert {k: dag[k] for k in summarize(result)} == summarize(result)  # summarize's keys unchanged
+    assert dag["avg_jct_s"] == pytest.approx((6.0 + 4.0) / 2)
+    # P: a ready 0 -> done 2, b ready 2 -> done 6: 6 s; Q: a 1 -> 2, c 2 -> 4: 3 s.
+    assert dag["critical_path_jct_s"] == pytest.approx((6.0 + 3.0) / 2)
+    # P is the first to use r/a and r/b, Q the first to use r/c: only Q's a (30 of 50 on the GPU)
+    # and Q's b (40 of 40: a hit is capped at the role prompt) count.
+    assert dag["role_prefix_hit_rate"] == pytest.approx((30 + 40) / (50 + 40))
+    assert dag["recomputed_tokens"] == (100 + 20 + 20) + (50 + 0 + 50)
+    assert dag["gpu_miss_tokens"] == (100 + 40 + 30) + (70 + 0 + 50)

@@ -8,6 +8,12 @@ An iteration admits waiting requests in policy order (up to the prefill token bu
 KV slots can be found, evicting through the cache), then runs their prefill and one decode step
 of every running request; its duration comes from the cost model. A request reserves slots for
 its uncached prompt and its whole output at admission, like SGLang's reservation.
+
+DAG workflow programs (`Program.agent_deps`) run their agents truly in parallel: the entry
+agents' first turns arrive with the program, an agent's next turn arrives its tool's duration
+after its previous turn finished, and an agent whose predecessors have all finished gets its
+first turn at once (AND-join). The workflow hints they send follow the policy's
+`workflow_hints`: a declared graph, steps the controller learns the graph from, or none.
 """
 
 from __future__ import annotations
@@ -46,6 +52,11 @@ class TurnRecord:
     prompt_tokens: int = 0
     cached_tokens: int = 0
     previous_context_tokens: int = 0  # KV the previous turn left: its prompt + output minus the last token
+    gpu_cached_tokens: int = 0  # of cached_tokens, found in the GPU tree (the rest was reloaded from host)
+    agent_id: Optional[str] = None  # workflow programs
+    # DAG programs, an agent's first turn: its role and its role prompt's length (role-prefix hits).
+    role: Optional[str] = None
+    role_prefix_tokens: int = 0
 
 
 @dataclass
@@ -54,6 +65,7 @@ class ProgramResult:
     arrival_s: float
     finish_s: float
     turns: list[TurnRecord]
+    critical_path: Optional[list[str]] = None  # DAG programs
 
     @property
     def jct_s(self) -> float:
@@ -83,6 +95,26 @@ class _ProgramState:
     transcript: array = field(default_factory=lambda: array("q"))  # workflow programs: appends + outputs
     attained_service_s: float = 0.0
     records: list[TurnRecord] = field(default_factory=list)
+    dag: Optional["_DagState"] = None
+
+
+@dataclass
+class _DagState:
+    """Where each agent of a DAG program is."""
+
+    next_turn: dict[int, int]  # turn index -> the same agent's next turn (absent: its last)
+    first_turn: dict[str, int]  # agent -> its first turn's index
+    context: dict[str, array] = field(default_factory=dict)  # agent -> its previous turn's prompt + output
+    left: dict[str, int] = field(default_factory=dict)  # agent -> the KV its previous turn left (hit metric)
+    answer: dict[str, array] = field(default_factory=dict)  # finished agent -> its last turn's output
+    started: set = field(default_factory=set)
+    declared: bool = False
+
+    @classmethod
+    def of(cls, program: Program) -> "_DagState":
+        owned = program.agent_turns()
+        return cls({i: n for turns in owned.values() for i, n in zip(turns, turns[1:])},
+                   {agent: turns[0] for agent, turns in owned.items()})
 
 
 @dataclass
@@ -107,7 +139,8 @@ class Simulator:
         self.now = 0.0
         self.pool_tokens = pool_tokens or cost.kv_pool_tokens
         self.clock = StepClock()
-        self.programs = [_ProgramState(p, array("q", p.system_tokens)) for p in programs]
+        self.programs = [_ProgramState(p, array("q", p.system_tokens), dag=_DagState.of(p) if p.is_dag else None)
+                         for p in programs]
         self.waiting: list[_Request] = []
         self.running: list[_Request] = []
         self.events: list[tuple[float, int, int, int]] = []  # (time, seq, program index, turn)
@@ -133,7 +166,10 @@ class Simulator:
         # The policies without agent state run the same cache with no hints (upstream's behaviour).
         self.controller = self.backend.controller if policy.retention == "ttl" or policy.workflow else None
         for index, state in enumerate(self.programs):
-            self._schedule(state.program.arrival_s, index, 0)
+            if state.dag is None:
+                self._schedule(state.program.arrival_s, index, 0)
+            else:
+                self._start_ready_agents(index, state.program.arrival_s)
 
     # ---- events ------------------------------------------------------------------------------
     def _schedule(self, time_s: float, program_index: int, turn: int) -> None:
@@ -151,6 +187,15 @@ class Simulator:
         """The turn's prompt, and how much of it an earlier turn left in KV (for the hit metric)."""
         program = state.program
         append = array("q", program.turns[turn].append_tokens)
+        if state.dag is not None:
+            agent = program.turns[turn].agent_id
+            if turn == state.dag.first_turn[agent]:
+                prefix = array("q", program.agent_prefixes[agent])
+                answers = array("q")
+                for pred in program.agent_deps[agent]:
+                    answers += state.dag.answer[pred]
+                return prefix + array("q", program.system_tokens) + answers + append, len(prefix)
+            return state.dag.context[agent] + append, state.dag.left[agent]
         if program.agent_prefixes:
             prefix = array("q", program.agent_prefixes[program.turns[turn].agent_id])
             return prefix + array("q", program.system_tokens) + state.transcript + append, len(prefix)
@@ -162,16 +207,32 @@ class Simulator:
         state = self.programs[program_index]
         program = state.program
         prompt, reusable = self._prompt(state, turn)
-        record = TurnRecord(program.program_id, turn, self.now, prompt_tokens=len(prompt), previous_context_tokens=reusable)
+        agent = program.turns[turn].agent_id
+        record = TurnRecord(program.program_id, turn, self.now, prompt_tokens=len(prompt), previous_context_tokens=reusable,
+                            agent_id=agent)
+        first_of_agent = state.dag is not None and turn == state.dag.first_turn[agent]
+        if first_of_agent:
+            record.role, record.role_prefix_tokens = program.role(agent), reusable
         state.records.append(record)
         rid = f"{program.program_id}/{turn}"
         session = self._session(program, turn)
         if self.controller is not None:
             step = None
-            if self.policy.workflow and program.agent_prefixes:
-                if turn == 0:
+            hints = self.policy.workflow_hints if self.policy.workflow else "none"
+            if state.dag is not None:
+                if hints == "declared" and not state.dag.declared:
+                    self._declare_dag(program)  # at the program's first arrival
+                    state.dag.declared = True
+                # Only an agent's first turn is a step; its later turns continue the agent's run.
+                if first_of_agent and hints == "declared":
+                    step = WorkflowStep(program.program_id, agent)
+                elif first_of_agent and hints == "learned":
+                    step = WorkflowStep(program.program_id, agent, session_id=session, role=program.role(agent))
+            elif hints != "none" and program.agent_prefixes:
+                if turn == 0 and hints == "declared":
                     self._declare_workflow(program)
-                step = WorkflowStep(program.program_id, program.turns[turn].agent_id)
+                step = (WorkflowStep(program.program_id, agent) if hints == "declared" else
+                        WorkflowStep(program.program_id, agent, session_id=session, role=agent))
             self.controller.bind(rid, InlineAgentHint(session, workflow_step=step))
         if session in self.infercept_pins:
             self.cache.unpin(session)
@@ -183,6 +244,19 @@ class Simulator:
         self.controller.declare_workflow(WorkflowDef(
             program.program_id, tuple(WorkflowAgent(a, f"{program.program_id}/{a}") for a in agents),
             schedule=tuple(t.agent_id for t in program.turns)))
+
+    def _declare_dag(self, program: Program) -> None:
+        agents = tuple(WorkflowAgent(a, f"{program.program_id}/{a}", role=program.role(a)) for a in program.agent_deps)
+        edges = tuple((pred, a) for a, preds in program.agent_deps.items() for pred in preds)
+        self.controller.declare_workflow(WorkflowDef(program.program_id, agents, edges=edges, dag=True))
+
+    def _start_ready_agents(self, program_index: int, time_s: float) -> None:
+        """AND-join: every agent not started whose predecessors have all finished gets its first turn."""
+        state = self.programs[program_index]
+        for agent, preds in state.program.agent_deps.items():
+            if agent not in state.dag.started and all(p in state.dag.answer for p in preds):
+                state.dag.started.add(agent)
+                self._schedule(time_s, program_index, state.dag.first_turn[agent])
 
     # ---- scheduling --------------------------------------------------------------------------
     def _order_key(self, req: _Request):
@@ -239,6 +313,7 @@ class Simulator:
             elif reload:
                 req.reload_wait_s = self.host.take(session, cached + reload)
             req.record.cached_tokens = cached + reload
+            req.record.gpu_cached_tokens = cached
             req.record.admitted_s = self.now
             budget -= new_tokens
             admitted.append(req)
@@ -251,8 +326,13 @@ class Simulator:
         req.record.finish_s = self.now
         cached = req.gpu_cached
         full_key = req.key + req.output_tokens
-        state.context = full_key
-        state.transcript += array("q", program.turns[req.turn].append_tokens) + req.output_tokens
+        if state.dag is None:
+            state.context = full_key
+            state.transcript += array("q", program.turns[req.turn].append_tokens) + req.output_tokens
+        else:
+            agent = program.turns[req.turn].agent_id
+            state.dag.context[agent] = full_key
+            state.dag.left[agent] = len(full_key) - (1 if len(req.output_tokens) else 0)
         last_node = None
         if self.policy.prefix_reuse:
             # Like SGLang, the last sampled token was never fed back, so it has no KV to cache.
@@ -274,6 +354,9 @@ class Simulator:
         if self.controller is not None:
             self.controller.turn_finished(_FinishedReq(req.rid, last_node, req.key, cached))
         if turn.tool_name is None:
+            if state.dag is not None:  # the agent is done: its answer feeds its successors
+                state.dag.answer[turn.agent_id] = req.output_tokens
+                self._start_ready_agents(req.program_index, self.now)
             return
         if self.policy.retention == "ttl":
             declared = turn.tool_duration_s if self.policy.declare_durations else None
@@ -286,7 +369,8 @@ class Simulator:
                                    answer["expected_benefit_s"]))
         elif self.policy.retention == "infercept" and last_node is not None:
             self._infercept_decide(session, turn.tool_name, last_node, len(full_key))
-        self._schedule(self.now + turn.tool_duration_s, req.program_index, req.turn + 1)
+        next_turn = req.turn + 1 if state.dag is None else state.dag.next_turn[req.turn]
+        self._schedule(self.now + turn.tool_duration_s, req.program_index, next_turn)
         self._observe_tool(turn.tool_name, turn.tool_duration_s)
 
     def _observe_tool(self, tool_name: str, duration_s: float) -> None:
@@ -330,8 +414,10 @@ class Simulator:
             self._step(admitted)
         finish = {}
         for state in self.programs:
+            # A DAG program ends with its last agent to finish; a sequential one with its last turn.
+            end_s = state.records[-1].finish_s if state.dag is None else max(r.finish_s for r in state.records)
             finish[state.program.program_id] = ProgramResult(
-                state.program.program_id, state.program.arrival_s, state.records[-1].finish_s, state.records)
+                state.program.program_id, state.program.arrival_s, end_s, state.records, state.program.critical_path)
         makespan = max((p.finish_s for p in finish.values()), default=0.0)
         return SimResult(self.policy.name, list(finish.values()), makespan, self.decisions)
 

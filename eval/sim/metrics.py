@@ -34,3 +34,39 @@ def summarize(result: SimResult) -> dict:
         "avg_queue_s": statistics.mean(t.admitted_s - t.arrival_s for t in turns),
         "avg_ttft_s": statistics.mean(t.first_token_s - t.arrival_s for t in turns),
     }
+
+
+def summarize_dag(result: SimResult) -> dict:
+    """summarize() plus what DAG workflow runs are judged by:
+    - critical_path_jct_s: per program, the sum over its critical-path agents of (the agent's last
+      finish - when it became ready, i.e. its first turn's arrival), averaged over programs;
+    - role_prefix_hit_rate: over every agent's first turn, except those of the first program
+      that used the role (nothing could have cached it), the role prompt's tokens found in the GPU
+      tree / the role prompt's tokens (token-weighted; a reload from host is no hit here);
+    - recomputed_tokens: prompt tokens neither on the GPU nor reloaded from host (prefilled);
+    - gpu_miss_tokens: prompt tokens not found in the GPU tree (reloaded + recomputed)."""
+    turns = [t for p in result.programs for t in p.turns]
+    chains = [_critical_path_s(p) for p in result.programs if p.critical_path]
+    firsts = sorted((t for t in turns if t.role is not None), key=lambda t: t.arrival_s)
+    first_user: dict[str, str] = {}
+    for t in firsts:
+        first_user.setdefault(t.role, t.program_id)
+    counted = [t for t in firsts if first_user[t.role] != t.program_id]
+    role_tokens = sum(t.role_prefix_tokens for t in counted)
+    return {
+        **summarize(result),
+        "critical_path_jct_s": statistics.mean(chains) if chains else float("nan"),
+        "role_prefix_hit_rate": (sum(min(t.gpu_cached_tokens, t.role_prefix_tokens) for t in counted) / role_tokens
+                                 if role_tokens else float("nan")),
+        "recomputed_tokens": sum(t.prompt_tokens - t.cached_tokens for t in turns),
+        "gpu_miss_tokens": sum(t.prompt_tokens - t.gpu_cached_tokens for t in turns),
+    }
+
+
+def _critical_path_s(program) -> float:
+    ready: dict[str, float] = {}
+    done: dict[str, float] = {}
+    for t in program.turns:
+        ready[t.agent_id] = min(ready.get(t.agent_id, t.arrival_s), t.arrival_s)
+        done[t.agent_id] = max(done.get(t.agent_id, t.finish_s), t.finish_s)
+    return sum(done[a] - ready[a] for a in program.critical_path)

@@ -17,11 +17,14 @@
   (the server's host tier is SGLang's HiCache, so every prefix also has a host copy).
 - kvflow (workflow programs): KVFlow (arXiv 2507.07400) steps-to-execution eviction from the
   declared schedule alone.
+- DAG workflows (DAG_POLICIES): ours with the declared agent graph, ours-learned (no declaration:
+  each agent's first step names its session and role, the controller learns the graph online,
+  policy/learned_graph.py), ours-nohint (sessions and tool calls only, no workflow hints).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Optional
 
 
@@ -35,6 +38,10 @@ class PolicySpec:
     pin_mode: str = "hard"  # how retained KV is held: see AgentRadixCache
     declare_durations: bool = False  # the client states each tool's duration in tool_start
     workflow: bool = False  # workflow programs declare their step schedule (KVFlow eviction)
+    # With `workflow`, what workflow programs tell the controller: "declared" (the schedule or the
+    # DAG up front, then a step per agent), "learned" (steps that carry session and role, nothing
+    # declared) or "none" (no workflow hints at all).
+    workflow_hints: str = "declared"
     offload: bool = False  # TokenCake-style host tier during long tool calls
     hicache: bool = False  # SGLang HiCache: write-through host copy of every cached prefix
     host_pool_tokens: int = 4_000_000  # ~512 GB of host memory at Llama-3.1-8B's 128 KiB/token
@@ -57,6 +64,15 @@ WORKFLOW_POLICIES: dict[str, PolicySpec] = {
     "kvflow": PolicySpec("kvflow", workflow=True),
     "continuum": POLICIES["continuum"],
     "ours": POLICIES["ours"],
+}
+# DAG workflows (parallel agents, AND-joins): how much the controller needs to be told.
+DAG_POLICIES: dict[str, PolicySpec] = {
+    "ours": POLICIES["ours"],
+    "ours-learned": replace(POLICIES["ours"], name="ours-learned", workflow_hints="learned"),
+    "ours-nohint": replace(POLICIES["ours"], name="ours-nohint", workflow_hints="none"),
+    "sglang-lru": POLICIES["sglang-lru"],
+    "sglang-hicache": POLICIES["sglang-hicache"],
+    "kvflow": WORKFLOW_POLICIES["kvflow"],
 }
 
 
