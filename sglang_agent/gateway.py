@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 import time
 from pathlib import Path
@@ -21,7 +20,7 @@ from typing import Optional
 
 import requests
 
-from sglang_agent.local_server import ServerStartError, free_port
+from sglang_agent.local_server import ServerStartError, free_port, log_tail, stop_process_group
 
 ROUTING_KEY_HEADER = "X-SMG-Routing-Key"
 ROUTED_WORKER_HEADER = "x-smg-routed-worker-id"
@@ -92,18 +91,9 @@ class LocalGateway:
         raise ServerStartError(f"smg: {count} workers not ready after {timeout_s:.0f} s; log:\n{self.tail()}")
 
     def tail(self, n: int = 40) -> str:
-        self.log.flush()
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
+        return log_tail(self.log, self.log_path, n)
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            try:
-                os.killpg(self.proc.pid, signal.SIGTERM)
-                self.proc.wait(timeout=10)  # it drains first; the tests do not need the grace period
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-            except ProcessLookupError:
-                pass
+        stop_process_group(self.proc, grace_s=10)  # it drains first; the tests do not need the grace period
         if not self.log.closed:
             self.log.close()

@@ -37,6 +37,30 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def log_tail(log, log_path: Path, n: int) -> str:
+    """The last `n` lines of a process's log (flushed first)."""
+    log.flush()
+    return "\n".join(Path(log_path).read_text(errors="replace").splitlines()[-n:])
+
+
+def stop_process_group(proc: subprocess.Popen, grace_s: float) -> None:
+    """SIGTERM the process's group, SIGKILL after `grace_s`; children that outlived the leader (a
+    scheduler mid-step) go with the group. Idempotent."""
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        except ProcessLookupError:
+            pass
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
 class LocalServer:
     """One server process in its own process group (so stop() takes its children with it)."""
 
@@ -75,24 +99,10 @@ class LocalServer:
                                f"log {self.log_path}:\n{self.tail()}")
 
     def tail(self, n: int = 60) -> str:
-        self.log.flush()
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
+        return log_tail(self.log, self.log_path, n)
 
     def stop(self) -> None:
         """SIGTERM the whole process group, SIGKILL after 30 s. Idempotent."""
-        if self.proc.poll() is None:
-            try:
-                os.killpg(self.proc.pid, signal.SIGTERM)
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-            except ProcessLookupError:
-                pass
-        # Children that outlived the leader (a scheduler mid-step) go with the group.
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
+        stop_process_group(self.proc, grace_s=30)
         if not self.log.closed:
             self.log.close()

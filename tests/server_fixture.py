@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import requests
+
 from sglang_agent.local_server import AGENT_SERVER, CPU_SERVER_ARGS, LocalServer, free_port  # noqa: F401
 from sglang_agent.tiny_model import write_tiny_llama
 
@@ -21,3 +23,17 @@ class RunningServer(LocalServer):
         except Exception:
             self.stop()
             raise
+
+
+def fill_pool(url: str, seed: int, tokens: float, prompt_tokens: int, max_new_tokens: int) -> int:
+    """Other tenants: one-off `prompt_tokens`-token prompts (no session, no tools) through the
+    server at `url` until `tokens` prompt tokens went through its pool; returns how many did."""
+    filled, i = 0, 0
+    while filled < tokens:
+        ids = [3 + (seed * 7919 + i * 104729 + j * 613) % 1000 for j in range(prompt_tokens)]
+        r = requests.post(url + "/generate", json={"input_ids": ids, "sampling_params": {
+            "max_new_tokens": max_new_tokens, "temperature": 0}}, timeout=300)
+        assert r.status_code == 200, r.text
+        filled += r.json()["meta_info"]["prompt_tokens"]
+        i += 1
+    return filled

@@ -22,7 +22,7 @@ import openai
 import pytest
 import requests
 
-from server_fixture import RunningServer
+from server_fixture import RunningServer, fill_pool
 from sglang_agent.gateway import ROUTED_WORKER_HEADER, ROUTING_KEY_HEADER, LocalGateway
 from sglang_agent.stats import aggregate, fetch
 
@@ -68,14 +68,7 @@ def stats(url: str) -> dict:
 def fill(workers, seed: int) -> None:
     """Other tenants' one-off prompts, 1.5 pools through each worker (sent to it directly)."""
     for w in workers:
-        filled, i = 0, 0
-        while filled < 1.5 * POOL_TOKENS:
-            ids = [3 + (seed * 7919 + i * 104729 + j * 613) % 1000 for j in range(1000)]
-            r = requests.post(w.url + "/generate", json={"input_ids": ids, "sampling_params": {
-                "max_new_tokens": 2, "temperature": 0}}, timeout=300)
-            assert r.status_code == 200, r.text
-            filled += r.json()["meta_info"]["prompt_tokens"]
-            i += 1
+        fill_pool(w.url, seed, 1.5 * POOL_TOKENS, prompt_tokens=1000, max_new_tokens=2)
 
 
 def run_sessions(gateway_url: str, workers, tag: str, sessions: int = 3, turns: int = 3) -> dict:

@@ -23,7 +23,7 @@ from typing import Annotated, Literal, TypedDict
 import pytest
 import requests
 
-from server_fixture import RunningServer
+from server_fixture import RunningServer, fill_pool
 from test_e2e_no_lost_work import Streamed, assert_finished_whole
 
 POOL_TOKENS = 6144
@@ -63,14 +63,7 @@ def stats(server) -> dict:
 
 def other_tenants(server, seed: int, tokens: int) -> None:
     """One-off prompts of other users (no session, no tools), `tokens` through the pool."""
-    filled, i = 0, 0
-    while filled < tokens:
-        ids = [3 + (seed * 7919 + i * 104729 + j * 613) % 1000 for j in range(700)]
-        r = requests.post(server.url + "/generate", json={"input_ids": ids, "sampling_params": {
-            "max_new_tokens": 2, "temperature": 0}}, timeout=300)
-        assert r.status_code == 200, r.text
-        filled += r.json()["meta_info"]["prompt_tokens"]
-        i += 1
+    fill_pool(server.url, seed, tokens, prompt_tokens=700, max_new_tokens=2)
 
 
 def build_app(server, wf_id: str, declared: bool, calls: list):

@@ -23,7 +23,7 @@ import openai
 import pytest
 import requests
 
-from server_fixture import RunningServer
+from server_fixture import RunningServer, fill_pool
 
 POOL_TOKENS = 4096
 IDLE_S = 20.0
@@ -62,15 +62,7 @@ def model_id(server) -> str:
 
 def other_tenants(server, seed: int, tokens: int = int(1.5 * POOL_TOKENS)) -> int:
     """One-off prompts of other users (no session, no tools) until `tokens` went through the pool."""
-    filled, i = 0, 0
-    while filled < tokens:
-        ids = [3 + (seed * 7919 + i * 104729 + j * 613) % 1000 for j in range(1200)]
-        r = requests.post(server.url + "/generate", json={"input_ids": ids, "sampling_params": {
-            "max_new_tokens": 4, "temperature": 0}}, timeout=300)
-        assert r.status_code == 200, r.text
-        filled += r.json()["meta_info"]["prompt_tokens"]
-        i += 1
-    return filled
+    return fill_pool(server.url, seed, tokens, prompt_tokens=1200, max_new_tokens=4)
 
 
 def cached(usage) -> int:

@@ -13,8 +13,7 @@ from collections import OrderedDict
 from typing import Callable, Optional
 
 from sglang_agent.controller.ports import HostTier, SessionKV
-from sglang_agent.hints import HintError, WorkflowDef, WorkflowStep
-from sglang_agent.hints import MAX_WORKFLOW_AGENTS
+from sglang_agent.hints import MAX_WORKFLOW_AGENTS, HintError, WorkflowDef, WorkflowStep
 from sglang_agent.policy.learned_graph import LearnedRun, TransitionGraph
 from sglang_agent.policy.workflow import NEVER_AGAIN, UnknownAgentError, Workflow, WorkflowError, WorkflowPace
 
@@ -85,11 +84,29 @@ class WorkflowRegistry:
         self.definitions[workflow.workflow_id] = definition
         self.ended.pop(workflow.workflow_id, None)
         for agent in definition.agents:
-            role = (workflow.workflow_id, agent.agent_id)
-            self.agent_sessions[role] = agent.session_id
-            self.session_roles.setdefault(agent.session_id, set()).add(role)
-            self.role_of[role] = agent.role or agent.agent_id
-            self.role_members.setdefault(self.role_of[role], set()).add(role)
+            self._add_agent(workflow.workflow_id, agent.agent_id, agent.session_id, agent.role or agent.agent_id)
+
+    def _add_agent(self, wf_id: str, agent_id: str, session_id: str, role: str) -> None:
+        key = (wf_id, agent_id)
+        self.agent_sessions[key] = session_id
+        self.session_roles.setdefault(session_id, set()).add(key)
+        self.role_of[key] = role
+        self.role_members.setdefault(role, set()).add(key)
+
+    def _remove_agent(self, wf_id: str, agent_id: str) -> tuple[str, str]:
+        """The agent's (session, role), its entries gone from the indexes."""
+        key = (wf_id, agent_id)
+        role = self.role_of.pop(key)
+        members = self.role_members[role]
+        members.discard(key)
+        if not members:
+            del self.role_members[role]
+        session_id = self.agent_sessions.pop(key)
+        keys = self.session_roles[session_id]
+        keys.discard(key)
+        if not keys:
+            del self.session_roles[session_id]
+        return session_id, role
 
     def check_step(self, step: WorkflowStep) -> Optional[Workflow]:
         """The workflow `step` may advance; raises HintError (nothing changes) otherwise. None: the
@@ -141,12 +158,8 @@ class WorkflowRegistry:
         if run is None:
             run = self.learned[step.workflow_id] = LearnedRun(step.workflow_id)
         role = step.role or step.agent_id
-        key = (step.workflow_id, step.agent_id)
-        if key not in self.agent_sessions:
-            self.agent_sessions[key] = step.session_id
-            self.session_roles.setdefault(step.session_id, set()).add(key)
-            self.role_of[key] = role
-            self.role_members.setdefault(role, set()).add(key)
+        if (step.workflow_id, step.agent_id) not in self.agent_sessions:
+            self._add_agent(step.workflow_id, step.agent_id, step.session_id, role)
         for pred in run.step(step.agent_id, role):
             self._count_end(run, pred)
             self.graph.observe_transition(run.roles[pred], role)
@@ -201,9 +214,6 @@ class WorkflowRegistry:
             self.predicted[wf_id] = dict(role_steps)
             for role in role_steps:
                 self.predicted_by_role.setdefault(role, set()).add(wf_id)
-
-    def learned_edges(self) -> list[tuple[str, str, float]]:
-        return self.graph.edges() if self.graph is not None else []
 
     def turn_recorded(self, session_id: str) -> None:
         """A workflow agent's turn is in the tree: its role's prefix is the part it shares with the
@@ -334,25 +344,13 @@ class WorkflowRegistry:
         self.steps.pop(wf_id, None)
         self.last_active.pop(wf_id, None)
         self.pace.forget(wf_id)
-        sessions = set()
-        prefixes = set()
+        sessions, roles = set(), set()
         for agent in workflow.agents:
-            prefix = self.role_of.pop((wf_id, agent))
-            prefixes.add(prefix)
-            members = self.role_members[prefix]
-            members.discard((wf_id, agent))
-            if not members:
-                del self.role_members[prefix]
-        for agent in workflow.agents:
-            role = (wf_id, agent)
-            session_id = self.agent_sessions.pop(role)
+            session_id, role = self._remove_agent(wf_id, agent)
             sessions.add(session_id)
-            roles = self.session_roles[session_id]
-            roles.discard(role)
-            if not roles:
-                del self.session_roles[session_id]
+            roles.add(role)
         self._push_sessions(sessions)
-        self._push_roles(prefixes | predicted)
+        self._push_roles(roles | predicted)
         if learned:
             return
         self.ended[wf_id] = None

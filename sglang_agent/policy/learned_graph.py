@@ -91,9 +91,6 @@ class TransitionGraph:
         """`role` is trusted and nothing trusted follows it: an instance ends with it."""
         return self.trusted(role) and not self.successors(role)
 
-    def edges(self) -> list[tuple[str, str, float]]:
-        return [(src, dst, self.probability(src, dst)) for src in self.rows for dst in self.successors(src)]
-
 
 @dataclass
 class LearnedRun:
@@ -111,7 +108,6 @@ class LearnedRun:
     # arrives after the turn ended, and reopens the run (`reopen`).
     counted: set = field(default_factory=set)
     seq: int = 0
-    is_ended: bool = False
 
     def step(self, agent_id: str, role: str) -> list[str]:
         """`agent_id` steps; returns the agents it follows (the transitions to learn). A step of an
