@@ -181,6 +181,7 @@ def main(argv: list[str] | None = None) -> list[Row]:
     p.add_argument("--pool-tokens", type=int, default=None, help="pool size (default: 1.25 x the largest transfer)")
     p.add_argument("--repeats", type=int, default=10)
     p.add_argument("--interpret", action="store_true", help="without CUDA, run the Triton path in the interpreter (slow)")
+    p.add_argument("--no-triton", action="store_true", help="time torch and the peak only (e.g. if the kernel fails here)")
     p.add_argument("--out", type=Path, default=Path("eval/results/kv_transfer"),
                    help="writes OUT.csv and OUT.png (default: %(default)s; a _cpu suffix without CUDA)")
     args = p.parse_args(argv)
@@ -191,7 +192,7 @@ def main(argv: list[str] | None = None) -> list[Row]:
     device = torch.device("cuda" if cuda else "cpu")
     if args.interpret and not cuda:
         os.environ["TRITON_INTERPRET"] = "1"
-    use_triton = cuda or args.interpret
+    use_triton = (cuda or args.interpret) and not args.no_triton
     if cuda:
         print(f"device: {torch.cuda.get_device_name()}")
     else:
