@@ -56,7 +56,7 @@ def part_command(part: str, out: Path, dry: bool, budget_s: float) -> list[list[
         return [py + ["eval.gpu_kit.kernel_check", "--out", str(out)] + dry_flag]
     if part == "model_costs":
         return [py + ["eval.gpu_kit.model_costs", "--out", str(out), "--budget-s", str(budget_s)] + dry_flag]
-    bench = py + ["eval.bench_kv_transfer", "--out", str(out / "kv_transfer")]
+    bench = py + ["eval.gpu_kit.transfer", "--out", str(out / "kv_transfer")]
     if dry:
         bench += ["--interpret", "--tokens", "64,256", "--layers", "2", "--repeats", "2"]
     return [bench, bench + ["--no-triton"]]
