@@ -8,6 +8,7 @@ Triton, no network, no SGLang CUDA wheels, nothing installed from this repo).
 Parts (each in its own process, so one that crashes leaves the others' results):
   kernel_check   the Triton copy kernel against the torch reference on the GPU, bit for bit;
   transfer       eval.bench_kv_transfer: ours vs torch vs the pinned-copy peak, both directions;
+  link           both directions at once, two transfers one way: how the host link is shared;
   model_costs    prefill and decode times of Llama-3.1-8B's shape, random weights, fitted into a
                  cost profile for the simulator.
 

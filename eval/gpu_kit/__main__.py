@@ -20,7 +20,7 @@ from pathlib import Path
 
 from eval.gpu_kit import ROOT, write_json
 
-PARTS = ("kernel_check", "transfer", "model_costs")
+PARTS = ("kernel_check", "transfer", "link", "model_costs")
 BASE_PROFILE = ROOT / "eval/sim/profiles/llama-3.1-8b-h100.json"
 
 
@@ -56,9 +56,13 @@ def part_command(part: str, out: Path, dry: bool, budget_s: float) -> list[list[
         return [py + ["eval.gpu_kit.kernel_check", "--out", str(out)] + dry_flag]
     if part == "model_costs":
         return [py + ["eval.gpu_kit.model_costs", "--out", str(out), "--budget-s", str(budget_s)] + dry_flag]
+    if part == "link":
+        return [py + ["eval.gpu_kit.link", "--out", str(out)] + dry_flag]
     bench = py + ["eval.gpu_kit.transfer", "--out", str(out / "kv_transfer")]
     if dry:
         bench += ["--interpret", "--tokens", "64,256", "--layers", "2", "--repeats", "2"]
+    else:  # small pieces too: a turn's appended KV is often a few hundred tokens
+        bench += ["--tokens", "64,256,1024,4096,16384,65536"]
     return [bench, bench + ["--no-triton"]]
 
 
@@ -123,6 +127,7 @@ def write_profile(out: Path, profile_out: Path, env: dict, dry: bool) -> dict | 
         " (DRY RUN: CPU toy shapes, not a GPU profile)" if dry else "")
     if "gpu_memory_bytes" in env:
         profile["gpu_memory_bytes"] = {"value": env["gpu_memory_bytes"], "source": f"torch total_memory, {when}"}
+    profile["peak_flops"] = {"value": costs["peak_flops"], "source": "datasheet dense BF16 peak (989 TFLOPS on H100 and H200 SXM)"}
     profile["hbm_bytes_per_s"] = {"value": costs["hbm_bytes_per_s"], "source": "datasheet HBM bandwidth of this GPU (4.8 TB/s H200, 3.35 TB/s H100)"}
     pf = [r for r in costs["prefill"] if "seconds" in r]
     profile["prefill_mfu"] = {"value": fitted["prefill_mfu"], "source": (
@@ -179,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"[kit] {env.get('gpu', 'CPU (dry)')}, torch {env['torch']}, triton {env['triton']} -> {out}", flush=True)
     started = time.monotonic()
     # Shares of the budget: model costs get the most; the transfer bench pins ~8 GiB of host memory.
-    shares = {"kernel_check": 0.2, "transfer": 0.3, "model_costs": 0.5}
+    shares = {"kernel_check": 0.15, "transfer": 0.25, "link": 0.1, "model_costs": 0.5}
     statuses = []
     with open(out / "kit.log", "w") as log:
         for i, part in enumerate(parts):
