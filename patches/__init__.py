@@ -8,7 +8,7 @@ What always happens on load: `--radix-cache-backend agent` and the tree-core bac
 available, and the hint messages are registered for SGLang's IPC. The hooks that change server
 behaviour (hint routes and channel, scheduler dispatch, the step clock, request exits, pins giving
 way for decode and admission, program-level FCFS, DP hint routing, the HiCache copy engine and its
-CPU host pool) are applied only when the
+CPU host pool, pins as reclaimable in /v1/loads) are applied only when the
 server was started through `python -m sglang_agent.launch_server` (env SGLANG_AGENT_ENABLE=1).
 """
 
@@ -42,6 +42,7 @@ def load() -> None:
         hicache_copy_engine,
         host_pool_cpu,
         http_server_routes,
+        loads_pins_reclaimable,
         schedule_policy_fcfs,
         scheduler_decode_room,
         scheduler_dispatch,
@@ -53,7 +54,7 @@ def load() -> None:
 
     hooks = (scheduler_dispatch, scheduler_step_tick, scheduler_request_exit, scheduler_decode_room,
              scheduler_pin_release, schedule_policy_fcfs, tokenizer_communicator, dp_hint_routing,
-             http_server_routes, host_pool_cpu, hicache_copy_engine)
+             http_server_routes, host_pool_cpu, hicache_copy_engine, loads_pins_reclaimable)
     for hook in hooks:
         hook.register()
     logger.info("sglang-agent hooks registered")

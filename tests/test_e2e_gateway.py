@@ -37,7 +37,8 @@ def workers(tmp_path_factory):
         for i in range(2):
             started.append(RunningServer(tmp_path_factory.mktemp(f"gw-worker{i}"), [
                 "--max-total-tokens", str(POOL_TOKENS), "--enable-cache-report",
-                "--served-model-name", "tiny"]))  # one model to the gateway (each worker has its own copy)
+                "--served-model-name", "tiny",  # one model to the gateway (each worker has its own copy)
+                "--agent-max-pinned-fraction", "0.9"]))  # room for pins past the gateway's 0.8 overload gate
         yield started
     finally:
         for w in started:
@@ -155,6 +156,51 @@ def test_agent_routes_do_not_pass_the_gateway_and_inline_hints_do(gateway, worke
     assert r.status_code == 200 and r.headers[ROUTED_WORKER_HEADER] == worker
     closed = requests.post(worker + "/agent/session/close", json={"session_id": "inline-1"}, timeout=30)
     assert closed.status_code == 404  # already gone
+
+
+def test_pins_do_not_trip_the_gateway_s_overload_gate(gateway, workers):
+    """smg leaves a worker out of routing while its /v1/loads token_usage is >= 0.8 (polled every
+    10 s). Pins are reported as reclaimable there, so a worker holding pins for 0.82+ of its pool
+    keeps its sessions: their resumed turns come back to it after a load poll and hit. (Measured
+    before, with pins counted as used: 0/3 resumed turns stayed, all missed.)"""
+    client = openai.OpenAI(base_url=gateway.url + "/v1", api_key="none", max_retries=0, timeout=300)
+    model = client.models.list().data[0].id
+    home = workers[0].url
+
+    def ask(session, messages, agent):
+        raw = client.chat.completions.with_raw_response.create(
+            model=model, messages=messages, max_tokens=2, temperature=0,
+            extra_headers={ROUTING_KEY_HEADER: session}, extra_body={"agent": agent})
+        return raw.headers[ROUTED_WORKER_HEADER], raw.parse()
+
+    kept, i = [], 0
+    while stats(home)["pinned_tokens"] < 0.82 * POOL_TOKENS and i < 30:
+        session = f"gate-{i}"
+        i += 1
+        messages = [{"role": "user", "content": f"{session}: " + text(session, 220)}]
+        worker, reply = ask(session, messages, {"session_id": session,
+                                                "tool_start": {"tool_name": "bash", "expected_duration_s": 30}})
+        if worker == home:
+            kept.append((session, messages, reply))
+        else:
+            requests.post(worker + "/agent/session/close", json={"session_id": session}, timeout=30)
+    pinned = stats(home)["pinned_tokens"]
+    assert pinned >= 0.82 * POOL_TOKENS, (pinned, len(kept))
+    load = requests.get(home + "/v1/loads", timeout=30).json()["loads"][0]
+    time.sleep(12)  # at least one of the gateway's load polls
+    try:
+        for session, messages, reply in kept:
+            messages = messages + [{"role": "assistant", "content": reply.choices[0].message.content or "ok"},
+                                   {"role": "user", "content": "Tool output: done"}]
+            worker, again = ask(session, messages, {"session_id": session, "close_after_turn": True})
+            details = again.usage.prompt_tokens_details
+            cached = (details.cached_tokens or 0) if details else 0
+            assert worker == home, (session, worker, load["token_usage"])
+            assert cached >= reply.usage.prompt_tokens - 1, (session, cached, reply.usage.prompt_tokens)
+        assert load["token_usage"] < 0.8, load
+    finally:
+        for session, _, _ in kept:
+            requests.post(home + "/agent/session/close", json={"session_id": session}, timeout=30)
 
 
 def test_a_removed_worker_s_sessions_continue_on_the_other_and_start_anew(gateway, workers):

@@ -307,3 +307,24 @@ def test_refused_request_leaves_no_bound_turn_behind(server):
                           json={"session_id": "refused-old", "tool_name": "bash", "expected_duration_s": 3})
     assert start.status_code == 200 and not start.json().get("deferred"), start.text  # not waiting on the refused turn
     requests.post(server.url + "/agent/session/close", json={"session_id": "refused-old"}, timeout=30)
+
+
+def test_v1_loads_counts_pins_as_reclaimable_not_as_used(server):
+    """A gateway's overload gate reads token_usage in /v1/loads (smg: >= 0.8 leaves the worker out):
+    pinned KV is reported as reclaimable, like upstream's evictable cache, and /agent/stats still
+    shows the pin."""
+    def load():
+        return requests.get(server.url + "/v1/loads", timeout=30).json()["loads"][0]
+
+    idle = load()
+    assert generate(server, prompt(900, words=300), {"session_id": "loads"}).status_code == 200
+    start = requests.post(server.url + "/agent/tool_start",
+                          json={"session_id": "loads", "tool_name": "bash", "expected_duration_s": 30}, timeout=30)
+    assert start.status_code == 200 and start.json()["pinned_tokens"] > 200, start.text
+    pinned = stats(server)["pinned_tokens"]
+    loaded = load()
+    assert pinned > 200
+    assert loaded["num_used_tokens"] <= idle["num_used_tokens"], (idle, loaded, pinned)
+    assert loaded["token_usage"] < pinned / loaded["max_total_num_tokens"], (loaded, pinned)
+    requests.post(server.url + "/agent/session/close", json={"session_id": "loads"}, timeout=30)
+    assert stats(server)["pinned_tokens"] == 0
