@@ -1,7 +1,7 @@
 """Reproduce the papers' figures with the trace-driven simulator.
 
     python -m eval.reproduce --all                 # every figure (the project's main job)
-    python -m eval.reproduce --figure jct          # one of: jct, throughput, hit_rate, ttl, workflow, workflows, hints
+    python -m eval.reproduce --figure jct          # one of: jct, throughput, hit_rate, ttl, workflow, workflows, hints, workers
     python -m eval.reproduce --all --quick         # small sizes, for a smoke run
 
 Figures (PNG) and their data (CSV) go to eval/results/. Workloads: BFCL v4 multi-turn programs
@@ -29,7 +29,7 @@ from eval.traces.format import Program, with_poisson_arrivals
 from eval.traces.synthetic import coding_agent_programs, dag_workflows, multi_agent_workflows, tokencake_dag
 
 RESULTS = Path(__file__).parent / "results"
-FIGURES = ("jct", "throughput", "hit_rate", "ttl", "workflow", "workflows", "hints")
+FIGURES = ("jct", "throughput", "hit_rate", "ttl", "workflow", "workflows", "hints", "workers")
 # The multi-agent workload's KV pool: its 24 agent prompts (144k tokens) fit, with little room
 # to spare, so eviction choices between agents matter (KVFlow's setting).
 WORKFLOW_POOL_TOKENS = 200_000
@@ -312,6 +312,10 @@ def main(argv=None) -> None:
                     args.out / "ttl_sensitivity.csv"]
     if "hints" in figures:
         written += [plot_hints(hints_sweep(work, cost, args.out, args.seed), args.out), args.out / "hints.csv"]
+    if "workers" in figures:
+        from eval.workers_sweep import plot_workers, workers_sweep
+
+        written += [plot_workers(workers_sweep(cost, args.out, args.seed, args.quick), args.out), args.out / "workers.csv"]
     for path in written:
         print(path)
 

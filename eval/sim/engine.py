@@ -22,7 +22,7 @@ import heapq
 import itertools
 from array import array
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Optional, Protocol
 
 import torch
 from sglang.srt.mem_cache.base_prefix_cache import EvictParams, InsertParams, MatchPrefixParams
@@ -117,6 +117,15 @@ class _DagState:
                    {agent: turns[0] for agent, turns in owned.items()})
 
 
+class ClusterLink(Protocol):
+    """What a worker of a cluster (eval/sim/cluster.py) reads and calls: the shared program states
+    and the cluster's event queue, where finished turns schedule the next ones."""
+
+    states: list
+
+    def schedule(self, time_s: float, program_index: int, turn: int) -> None: ...
+
+
 @dataclass
 class SimResult:
     policy: str
@@ -133,14 +142,18 @@ class Simulator:
         policy: PolicySpec,
         pool_tokens: Optional[int] = None,
         agent_args: Optional[AgentServerArgs] = None,
+        cluster: Optional["ClusterLink"] = None,
     ):
         self.cost = cost
         self.policy = policy
         self.now = 0.0
         self.pool_tokens = pool_tokens or cost.kv_pool_tokens
         self.clock = StepClock()
-        self.programs = [_ProgramState(p, array("q", p.system_tokens), dag=_DagState.of(p) if p.is_dag else None)
-                         for p in programs]
+        # One of several workers (eval/sim/cluster.py): the program states and the turn arrivals
+        # belong to the cluster, which routes each turn to a worker.
+        self.cluster = cluster
+        self.programs = cluster.states if cluster is not None else [
+            _ProgramState(p, array("q", p.system_tokens), dag=_DagState.of(p) if p.is_dag else None) for p in programs]
         self.waiting: list[_Request] = []
         self.running: list[_Request] = []
         self.events: list[tuple[float, int, int, int]] = []  # (time, seq, program index, turn)
@@ -148,8 +161,11 @@ class Simulator:
         self.decisions: list[tuple] = []
         self.tool_mean_s: dict[str, tuple[float, int]] = {}  # infercept's profiled durations
         self.infercept_pins: set[str] = set()
-        self.host = SimHostTier(policy.host_pool_tokens, cost, self.clock) if policy.offload else None
-        self.hicache = SimHiCache(policy.host_pool_tokens) if policy.hicache else None
+        self.host_pool_tokens = policy.host_pool_tokens or int(policy.host_ratio * self.pool_tokens)
+        self.host = SimHostTier(self.host_pool_tokens, cost, self.clock) if policy.offload else None
+        # One host budget: what the offload tier holds is room HiCache's host tree does not have.
+        held = self.host.used_tokens if self.host is not None else (lambda: 0)
+        self.hicache = SimHiCache(self.host_pool_tokens, held_tokens=held) if policy.hicache else None
         # A fixed TTL: no memory price, so the declared duration is always taken as the TTL.
         defaults = AgentServerArgs()
         args = agent_args or AgentServerArgs(
@@ -165,15 +181,27 @@ class Simulator:
         self.allocator = self.cache.token_to_kv_pool_allocator
         # The policies without agent state run the same cache with no hints (upstream's behaviour).
         self.controller = self.backend.controller if policy.retention == "ttl" or policy.workflow else None
-        for index, state in enumerate(self.programs):
-            if state.dag is None:
-                self._schedule(state.program.arrival_s, index, 0)
-            else:
-                self._start_ready_agents(index, state.program.arrival_s)
+        if cluster is None:
+            for index, state in enumerate(self.programs):
+                self.start_program(index)
+
+    def start_program(self, index: int) -> None:
+        state = self.programs[index]
+        if state.dag is None:
+            self._schedule(state.program.arrival_s, index, 0)
+        else:
+            self._start_ready_agents(index, state.program.arrival_s)
 
     # ---- events ------------------------------------------------------------------------------
     def _schedule(self, time_s: float, program_index: int, turn: int) -> None:
+        if self.cluster is not None:
+            self.cluster.schedule(time_s, program_index, turn)
+            return
         heapq.heappush(self.events, (time_s, next(self.seq), program_index, turn))
+
+    def _next_event_s(self) -> Optional[float]:
+        events = self.cluster.events if self.cluster is not None else self.events
+        return events[0][0] if events else None
 
     def _load(self) -> LoadSnapshot:
         return LoadSnapshot(len(self.waiting), sum(len(r.key) for r in self.waiting))
@@ -203,13 +231,16 @@ class Simulator:
         previous = len(state.context) - (1 if program.turns[turn - 1].output_tokens else 0) if turn else 0
         return state.context + append, previous
 
-    def _arrive(self, program_index: int, turn: int) -> None:
+    def prompt_of(self, program_index: int, turn: int) -> array:
+        return self._prompt(self.programs[program_index], turn)[0]
+
+    def _arrive(self, program_index: int, turn: int, at_s: Optional[float] = None) -> None:
         state = self.programs[program_index]
         program = state.program
         prompt, reusable = self._prompt(state, turn)
         agent = program.turns[turn].agent_id
-        record = TurnRecord(program.program_id, turn, self.now, prompt_tokens=len(prompt), previous_context_tokens=reusable,
-                            agent_id=agent)
+        record = TurnRecord(program.program_id, turn, self.now if at_s is None else at_s, prompt_tokens=len(prompt),
+                            previous_context_tokens=reusable, agent_id=agent)
         first_of_agent = state.dag is not None and turn == state.dag.first_turn[agent]
         if first_of_agent:
             record.role, record.role_prefix_tokens = program.role(agent), reusable
@@ -412,6 +443,30 @@ class Simulator:
                 self.now = max(self.now, self.events[0][0])
                 continue
             self._step(admitted)
+        return self.result()
+
+    @property
+    def busy(self) -> bool:
+        return bool(self.waiting or self.running)
+
+    def iterate(self) -> bool:
+        """One scheduler iteration of a cluster's worker (the cluster delivers arrivals). False when
+        nothing could run: the waiting requests wait for time to pass (a pin's expiry, a return)."""
+        self.backend.tick(self.now)
+        admitted = self._admit() if self.waiting else []
+        if not admitted and not self.running:
+            return False
+        self._step(admitted)
+        return True
+
+    def deliver(self, program_index: int, turn: int, at_s: float) -> None:
+        """A turn the cluster routed here at `at_s` (this worker may be up to one iteration ahead)."""
+        if not self.busy:
+            self.now = max(self.now, at_s)
+        self.backend.tick(self.now)
+        self._arrive(program_index, turn, at_s)
+
+    def result(self) -> SimResult:
         finish = {}
         for state in self.programs:
             # A DAG program ends with its last agent to finish; a sequential one with its last turn.
@@ -431,9 +486,10 @@ class Simulator:
         steps = 1
         if not admitted and decoding:
             steps = min(len(r.output_tokens) - r.produced for r in decoding)
-            if self.events:
+            next_event_s = self._next_event_s()
+            if next_event_s is not None:
                 step_s = self.cost.decode_step_s(len(decoding), sum(len(r.key) + r.produced for r in decoding))
-                steps = max(1, min(steps, int((self.events[0][0] - self.now) / max(step_s + self.cost.iteration_overhead_s, 1e-9))))
+                steps = max(1, min(steps, int((next_event_s - self.now) / max(step_s + self.cost.iteration_overhead_s, 1e-9))))
             if self.waiting:
                 steps = 1
         context = sum(len(r.key) + r.produced for r in decoding)

@@ -1,5 +1,6 @@
 """SGLang's HiCache (write-through host tier) in the simulator: every prefix the GPU tree caches
-is also written to host memory, and a request whose prefix left the GPU but is still in host
+is also written to host memory (a pool of 2x the device pool by default, SGLang's
+`--hicache-ratio`), and a request whose prefix left the GPU but is still in host
 memory reloads it (bytes / PCIe bandwidth) instead of recomputing it. The host side is its own
 radix tree over a host-sized pool with LRU eviction, as upstream's host pool is. The write-back
 copies overlap compute (free here); a reload is charged before the batch's prefill (no
@@ -8,6 +9,7 @@ layer-wise overlap: slightly pessimistic, for this baseline and for our offload 
 from __future__ import annotations
 
 from array import array
+from typing import Callable
 
 import torch
 from sglang.srt.mem_cache.base_prefix_cache import EvictParams, InsertParams, MatchPrefixParams
@@ -18,8 +20,12 @@ from sglang_agent.cache.cpu_pools import cpu_cache_params
 
 
 class SimHiCache:
-    def __init__(self, host_pool_tokens: int):
+    def __init__(self, host_pool_tokens: int, held_tokens: Callable[[], int] = lambda: 0):
         self.tree = UnifiedRadixCache(cpu_cache_params(host_pool_tokens, tree_core_backend="python"))
+        # Host tokens another user of the same host pool holds (ours: copies offloaded at tool
+        # calls): the tree keeps its total under the pool minus them. Counted apart from the tree,
+        # so a copy of a path the tree also holds is counted twice: never in our favour.
+        self.held_tokens = held_tokens
         self.allocator = self.tree.token_to_kv_pool_allocator
         self.reloaded_tokens = 0
 
@@ -35,10 +41,11 @@ class SimHiCache:
         if new <= 0:
             return
         lock = self.tree.lock(match.last_device_node) if have else None  # not evicted under us
-        short = new - self.allocator.available_size()
+        room = self.allocator.available_size() - self.held_tokens()
+        short = new - room
         if short > 0:
             self.tree.evict(EvictParams(num_tokens=short))
-        if self.allocator.available_size() < new:
+        if self.allocator.available_size() - self.held_tokens() < new:
             self.tree.unlock(lock)
             return  # host memory full of locked paths: this turn is not written
         prefix = self.tree.path_device_indices(match.last_device_node)[:have] if have else torch.empty(0, dtype=torch.int64)

@@ -12,6 +12,8 @@
 - continuum: Continuum (arXiv 2511.02230): TTL pins chosen by our TTL policy + program-level
   FCFS; pins hold the KV (hard) until the TTL, so newcomers wait for them.
 - continuum-soft: the same, with soft pins that only reorder eviction.
+- sglang-hicache-8x, ours-8x: the same two with a host pool of 8x the device pool instead of
+  SGLang's default 2x (`--hicache-ratio`); every other policy with a host tier gets 2x.
 - ours: continuum + TokenCake-style offload to a modelled host tier during long tool calls
   (policy/temporal.py) + the declared step graph when the trace has one, on top of HiCache
   (the server's host tier is SGLang's HiCache, so every prefix also has a host copy).
@@ -44,7 +46,11 @@ class PolicySpec:
     workflow_hints: str = "declared"
     offload: bool = False  # TokenCake-style host tier during long tool calls
     hicache: bool = False  # SGLang HiCache: write-through host copy of every cached prefix
-    host_pool_tokens: int = 4_000_000  # ~512 GB of host memory at Llama-3.1-8B's 128 KiB/token
+    # Host memory for KV, in tokens; None: SGLang's default `--hicache-ratio 2.0`, twice the device
+    # pool. One budget per policy: with HiCache and offload both on (ours), the offloaded copies
+    # count against the same host pool (eval/sim/hicache.py), as in the server.
+    host_pool_tokens: Optional[int] = None
+    host_ratio: float = 2.0  # host pool = ratio x device pool when host_pool_tokens is None
 
 
 POLICIES: dict[str, PolicySpec] = {
@@ -57,6 +63,9 @@ POLICIES: dict[str, PolicySpec] = {
     "continuum-soft": PolicySpec("continuum-soft", retention="ttl", order="program_fcfs", pin_mode="soft"),
     "ours": PolicySpec("ours", retention="ttl", order="program_fcfs", offload=True, workflow=True, hicache=True),
 }
+# A larger host than SGLang's default (8x the device pool instead of 2x), baseline and ours alike.
+POLICIES["sglang-hicache-8x"] = replace(POLICIES["sglang-hicache"], name="sglang-hicache-8x", host_ratio=8.0)
+POLICIES["ours-8x"] = replace(POLICIES["ours"], name="ours-8x", host_ratio=8.0)
 # Multi-agent workflows: KVFlow's steps-to-execution eviction alone and with TTL pins.
 WORKFLOW_POLICIES: dict[str, PolicySpec] = {
     "sglang-lru": POLICIES["sglang-lru"],
