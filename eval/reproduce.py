@@ -283,7 +283,7 @@ def plot_ttl(rows, out: Path) -> Path:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     target = parser.add_mutually_exclusive_group(required=True)
-    target.add_argument("--figure", choices=FIGURES, help="one figure")
+    target.add_argument("--figure", choices=FIGURES, nargs="+", help="one figure or several")
     target.add_argument("--all", action="store_true", help="every figure")
     parser.add_argument("--profile", default="llama-3.1-8b-h100", help="cost profile (eval/sim/profiles/*.json)")
     parser.add_argument("--quick", action="store_true", help="small workloads, for a smoke run")
@@ -293,7 +293,7 @@ def main(argv=None) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     cost = load_profile(args.profile)
     work = workloads(args.quick)
-    figures = FIGURES if args.all else (args.figure,)
+    figures = FIGURES if args.all else tuple(args.figure)
     written = []
     if set(figures) & {"jct", "throughput", "hit_rate"}:
         rows = sweep(work, cost, args.out, args.seed)

@@ -1,8 +1,9 @@
 """Many workers in the simulator: average JCT vs load for 1 and 8 workers behind the gateway's
 routing policies (eval/sim/cluster.py), upstream (SGLang + HiCache) vs ours, in one run.
 
-Load is per worker: 8 workers get 8 copies of the BFCL programs (fresh ids) at 8x the rate, so
-each worker sees the single worker's load. The programs are shuffled once, so base and
+Load is per worker: 8 workers get 8 copies of the BFCL programs at 8x the rate, so each worker
+sees the single worker's load; each copy has its own id and its own conversation (token ids
+shifted; the shared system prompt stays), or copies would find each other's turns cached. The programs are shuffled once, so base and
 long-context programs mix in time the same way for every point.
 
     python -m eval.reproduce --figure workers       # eval/results/workers.{csv,png}
@@ -26,8 +27,26 @@ from eval.traces.format import Program, with_poisson_arrivals
 UPSTREAM, OURS = "sglang-hicache", "ours"
 
 
+VOCAB = 128_000  # Llama-3's vocabulary, roughly: shifted token ids stay token ids
+
+
+def _shifted(tokens: list[int], k: int) -> list[int]:
+    return [(t + 7919 * k) % VOCAB for t in tokens]
+
+
+def copy_program(program: Program, k: int) -> Program:
+    """Copy k of a program: its own id and its own turns (token ids shifted), so that no copy finds
+    another copy's conversation cached; the system prompt stays shared, as agents of one framework
+    share theirs."""
+    if k == 0:
+        return replace(program, program_id=f"{program.program_id}#0")
+    turns = [replace(t, append_tokens=_shifted(t.append_tokens, k), output_tokens=_shifted(t.output_tokens, k))
+             for t in program.turns]
+    return replace(program, program_id=f"{program.program_id}#{k}", turns=turns)
+
+
 def programs_for(base: list[Program], workers: int, seed: int) -> list[Program]:
-    copies = [replace(p, program_id=f"{p.program_id}#{k}") for k in range(workers) for p in base]
+    copies = [copy_program(p, k) for k in range(workers) for p in base]
     random.Random(seed + 1).shuffle(copies)
     return copies
 
