@@ -17,6 +17,7 @@ setup(
     packages=[
         "sglang_agent",
         "sglang_agent.cache",
+        "sglang_agent.controller",
         "sglang_agent.policy",
         "sglang_agent.server",
         "sglang_agent.patches",

@@ -15,36 +15,22 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import statistics
-import time
 from pathlib import Path
 
 import torch
 
+from eval.bench_kv_transfer import timer
 from eval.gpu_kit import write_json
 from sglang_agent.kernels import kv_transfer as kt
 
 
 def timed(fn, device, repeats=5, warmup=2) -> float:
-    for _ in range(warmup):
+    """Median seconds of fn and of everything it queued on the side streams."""
+    def whole():
         fn()
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            for s in STREAMS:
-                torch.cuda.current_stream().wait_stream(s)
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end) / 1e3)
-        else:
-            t0 = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+        for s in STREAMS:
+            torch.cuda.current_stream().wait_stream(s)
+    return timer(device, repeats, warmup)(whole)
 
 
 STREAMS: list = []

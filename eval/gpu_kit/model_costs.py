@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from eval.bench_kv_transfer import timer
 from eval.gpu_kit import write_json
 from eval.gpu_kit.llama_shape import LLAMA_3_1_8B, TINY, Model, Shape
 
@@ -33,22 +34,8 @@ GRID = {  # (prefill new tokens, prefill prefixes, decode batches, decode contex
 
 
 def timed(fn, device: torch.device, repeats: int, warmup: int = 2) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end) / 1e3)
-        else:
-            t0 = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    """Median seconds of fn (CUDA events on a GPU): the transfer bench's timer."""
+    return timer(device, repeats, warmup)(fn)
 
 
 def prefill_flops(shape: Shape, params: int, new: int, prefix: int) -> float:
