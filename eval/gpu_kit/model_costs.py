@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import statistics
 import time
 from pathlib import Path
 
@@ -131,24 +130,26 @@ def measure_decode(model: Model, batches, contexts, max_kv, repeats, deadline) -
     return rows
 
 
+def _efficiency(rows: list[dict], work: list[float], peak: float, point_key: str) -> float:
+    """Fraction of `peak` (work units per second) the cost model's form fits to the rows' times,
+    through the origin; each row gets the model's time and its own fraction under `point_key`."""
+    per_unit = through_origin(work, [r["seconds"] for r in rows])
+    for r, w in zip(rows, work):
+        r["model_seconds"] = w * per_unit
+        r[point_key] = w / (r["seconds"] * peak)
+    return 1.0 / (per_unit * peak)
+
+
 def fit(shape: Shape, params: int, prefill: list[dict], decode: list[dict], peak_flops: float, hbm: float) -> dict:
     out: dict = {}
     done = [r for r in prefill if "seconds" in r]
     if done:
         flops = [prefill_flops(shape, params, r["new_tokens"], r["prefix_tokens"]) for r in done]
-        per_flop = through_origin(flops, [r["seconds"] for r in done])
-        out["prefill_mfu"] = 1.0 / (per_flop * peak_flops)
-        for r, f in zip(done, flops):
-            r["model_seconds"] = f * per_flop
-            r["mfu"] = f / (r["seconds"] * peak_flops)
+        out["prefill_mfu"] = _efficiency(done, flops, peak_flops, "mfu")
     done = [r for r in decode if "seconds" in r]
     if done:
         nbytes = [decode_bytes(shape, params, r["batch"], r["context_tokens"]) for r in done]
-        per_byte = through_origin(nbytes, [r["seconds"] for r in done])
-        out["decode_bw_efficiency"] = 1.0 / (per_byte * hbm)
-        for r, b in zip(done, nbytes):
-            r["model_seconds"] = b * per_byte
-            r["bw_efficiency"] = b / (r["seconds"] * hbm)
+        out["decode_bw_efficiency"] = _efficiency(done, nbytes, hbm, "bw_efficiency")
     return out
 
 

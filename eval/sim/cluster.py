@@ -133,8 +133,8 @@ class Cluster:
             return self.ring.owner(program.program_id, allowed)
         prompt = self.workers[0].prompt_of(program_index, turn)
         key = RadixKey(prompt)
-        flights = {w: self._in_flight(w) for w in allowed}
-        mean = sum(self._in_flight(w) for w in range(len(self.workers))) / len(self.workers)
+        flights = [self._in_flight(w) for w in range(len(self.workers))]
+        mean = sum(flights) / len(flights)
         best, best_share = None, 0.0
         for w in sorted(allowed):
             share = self.workers[w].cache.match_prefix(MatchPrefixParams(key=key)).device_prefix_len / max(1, len(prompt))

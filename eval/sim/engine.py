@@ -119,9 +119,11 @@ class _DagState:
 
 class ClusterLink(Protocol):
     """What a worker of a cluster (eval/sim/cluster.py) reads and calls: the shared program states
-    and the cluster's event queue, where finished turns schedule the next ones."""
+    and the cluster's event queue (a heap of (time, seq, program, turn)), where finished turns
+    schedule the next ones."""
 
     states: list
+    events: list
 
     def schedule(self, time_s: float, program_index: int, turn: int) -> None: ...
 
