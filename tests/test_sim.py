@@ -17,6 +17,7 @@ class LinearCost:
     max_prefill_tokens: int = 16384
     iteration_overhead_s: float = 0.0
     kv_pool_tokens: int = 10_000
+    num_layers: int = 1  # no layer-wise overlap: a load still in flight is charged in full before the prefill
 
     def prefill_s(self, new_tokens: int, prefix_tokens: int = 0) -> float:
         return 0.001 * new_tokens
@@ -29,6 +30,9 @@ class LinearCost:
 
     def reload_s(self, tokens: int) -> float:
         return 0.0001 * tokens  # host -> GPU: 10x faster than recomputing
+
+    def offload_s(self, tokens: int) -> float:
+        return 0.0001 * tokens  # GPU -> host, the other direction of the link
 
 
 def ids(start: int, n: int) -> list[int]:
@@ -147,7 +151,7 @@ def test_a_turn_before_the_planned_reload_starts_it_at_once():
     tier.offload("s", 1000, prefetch_at=30.0, keep_until=60.0)
     clock[0] = 2.0
     tier.turn_arrived("s")
-    assert tier.take("s", 1000) == pytest.approx(LinearCost().reload_s(1000))
+    assert tier.take("s", 1000).end_s - clock[0] == pytest.approx(LinearCost().reload_s(1000))
 
 
 def fan_out_program(arrival=0.0):

@@ -4,6 +4,7 @@ shape, GPU datasheet figures, stated efficiencies); every number's source is in 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +30,12 @@ class CostModel:
     iteration_overhead_s: float
     host_bytes_per_s: float
     max_prefill_tokens: int
+    # Effective host link bandwidth per GPU and direction by the size of one transfer of scattered
+    # token slots: ((bytes per GPU, bytes/s), ...) ascending in bytes. Small copies reach less of
+    # the peak (the GPU kit: 74-78% at 8 MiB, 91-95% from 128 MiB up). Empty: `host_bytes_per_s`
+    # for every size. h2d: host -> GPU (reloads); d2h: GPU -> host (offloads, write-through).
+    h2d_bytes_per_s_by_size: tuple[tuple[float, float], ...] = ()
+    d2h_bytes_per_s_by_size: tuple[tuple[float, float], ...] = ()
 
     @property
     def kv_bytes_per_token(self) -> int:
@@ -59,10 +66,33 @@ class CostModel:
         return bytes_read / (self.num_gpus * self.hbm_bytes_per_s * self.decode_bw_efficiency)
 
     def reload_s(self, tokens: int) -> float:
-        return tokens * self.kv_bytes_per_token / (self.num_gpus * self.host_bytes_per_s)
+        """One host -> GPU copy of `tokens` scattered slots on an idle link (queueing on a busy
+        link is the simulator's, eval/sim/link.py); TP shards move in parallel, one link per GPU."""
+        return self._link_s(tokens, self.h2d_bytes_per_s_by_size)
+
+    def offload_s(self, tokens: int) -> float:
+        """One GPU -> host copy (an offload or a write-through backup) on an idle link."""
+        return self._link_s(tokens, self.d2h_bytes_per_s_by_size)
+
+    def _link_s(self, tokens: int, by_size: tuple[tuple[float, float], ...]) -> float:
+        if tokens <= 0:
+            return 0.0
+        per_gpu_bytes = tokens * self.kv_bytes_per_token / self.num_gpus
+        return per_gpu_bytes / (interpolate_log(by_size, per_gpu_bytes) if by_size else self.host_bytes_per_s)
 
     def prefill_tokens_per_s(self) -> float:
         return 1.0 / self.prefill_s(1)
+
+
+def interpolate_log(points: tuple[tuple[float, float], ...], x: float) -> float:
+    """Piecewise linear in log(x) between measured points; the end points' values outside them
+    (below the smallest measured copy this is optimistic: a smaller copy is slower still)."""
+    if x <= points[0][0]:
+        return points[0][1]
+    for (x0, y0), (x1, y1) in zip(points, points[1:]):
+        if x <= x1:
+            return y0 + (y1 - y0) * (math.log(x) - math.log(x0)) / (math.log(x1) - math.log(x0))
+    return points[-1][1]
 
 
 def load_profile(name_or_path: str) -> CostModel:
@@ -74,4 +104,8 @@ def load_profile(name_or_path: str) -> CostModel:
         raise FileNotFoundError(f"no cost profile {name_or_path!r}; known: {known}")
     raw = json.loads(path.read_text())
     fields = {k: (v["value"] if isinstance(v, dict) else v) for k, v in raw.items() if k not in ("description",)}
-    return CostModel(**{k: fields[k] for k in CostModel.__dataclass_fields__})
+    for name in ("h2d_bytes_per_s_by_size", "d2h_bytes_per_s_by_size"):
+        if name in fields:
+            fields[name] = tuple((float(x), float(y)) for x, y in fields[name])
+    # Fields with a default (the link curves) may be absent from older profiles.
+    return CostModel(**{k: fields[k] for k in CostModel.__dataclass_fields__ if k in fields})

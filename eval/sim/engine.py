@@ -31,6 +31,8 @@ from sglang.srt.mem_cache.radix_cache import RadixKey
 from eval.sim.cost_model import CostModel
 from eval.sim.hicache import SimHiCache
 from eval.sim.host_tier import SimHostTier
+from eval.sim.layerwise import prefill_end_s
+from eval.sim.link import HostLinks, Transfer
 from eval.sim.policies import PolicySpec, infercept_preserve
 from eval.traces.format import Program
 from sglang_agent.backend import build_backend
@@ -82,7 +84,7 @@ class _Request:
     record: TurnRecord
     node: int = 0
     gpu_cached: int = 0  # prefix found in the GPU tree (the rest of record.cached_tokens was reloaded)
-    reload_wait_s: float = 0.0
+    load: Optional[Transfer] = None  # its prefix coming back from host over the link (layer-wise)
     lock: object = None
     slots: Optional[torch.Tensor] = None
     produced: int = 0
@@ -134,6 +136,7 @@ class SimResult:
     programs: list[ProgramResult]
     makespan_s: float
     decisions: list[tuple] = field(default_factory=list)  # (time, program, turn, event, value)
+    links: dict = field(default_factory=dict)  # host link use (eval/sim/link.py HostLinks.summary)
 
 
 class Simulator:
@@ -164,7 +167,9 @@ class Simulator:
         self.tool_mean_s: dict[str, tuple[float, int]] = {}  # infercept's profiled durations
         self.infercept_pins: set[str] = set()
         self.host_pool_tokens = policy.host_pool_tokens or int(policy.host_ratio * self.pool_tokens)
-        self.host = SimHostTier(self.host_pool_tokens, cost, self.clock) if policy.offload else None
+        # One PCIe link per GPU and direction, shared by HiCache's copies and our tier's.
+        self.links = HostLinks.of(cost) if policy.offload or policy.hicache else None
+        self.host = SimHostTier(self.host_pool_tokens, cost, self.clock, self.links) if policy.offload else None
         # One host budget: what the offload tier holds is room HiCache's host tree does not have.
         held = self.host.used_tokens if self.host is not None else (lambda: 0)
         self.hicache = SimHiCache(self.host_pool_tokens, held_tokens=held) if policy.hicache else None
@@ -341,10 +346,10 @@ class Simulator:
             req.node, req.lock, req.gpu_cached = node, lock, cached
             req.slots = self.allocator.alloc(need)
             if hicache_reload:
-                req.reload_wait_s = self.cost.reload_s(hicache_reload)
+                req.load = self.links.h2d.submit(self.now, hicache_reload)  # load_back at admission
                 self.hicache.reloaded_tokens += hicache_reload
             elif reload:
-                req.reload_wait_s = self.host.take(session, cached + reload)
+                req.load = self.host.take(session, cached + reload)
             req.record.cached_tokens = cached + reload
             req.record.gpu_cached_tokens = cached
             req.record.admitted_s = self.now
@@ -377,7 +382,9 @@ class Simulator:
                 self.allocator.free(req.slots[used:])
             result = self.cache.insert(InsertParams(key=RadixKey(kv_key), value=value, prev_prefix_len=cached))
             if self.hicache is not None:
-                self.hicache.write(kv_key)
+                written = self.hicache.write(kv_key)
+                if written:
+                    self.links.d2h.submit(self.now, written)  # write-through backup
             self.cache.unlock(req.lock)
             last_node = result.last_device_node
         else:
@@ -476,12 +483,16 @@ class Simulator:
             finish[state.program.program_id] = ProgramResult(
                 state.program.program_id, state.program.arrival_s, end_s, state.records, state.program.critical_path)
         makespan = max((p.finish_s for p in finish.values()), default=0.0)
-        return SimResult(self.policy.name, list(finish.values()), makespan, self.decisions)
+        first_arrival = min((p.arrival_s for p in finish.values()), default=0.0)
+        links = self.links.summary(makespan - first_arrival) if self.links is not None else {}
+        return SimResult(self.policy.name, list(finish.values()), makespan, self.decisions, links)
 
     def _step(self, admitted: list[_Request]) -> None:
-        prefill_s = sum(self.cost.prefill_s(len(r.key) - r.record.cached_tokens, r.record.cached_tokens) for r in admitted)
-        # A turn whose host reload is still in flight holds its batch until the copy lands.
-        prefill_s += max((r.reload_wait_s for r in admitted), default=0.0)
+        compute_s = sum(self.cost.prefill_s(len(r.key) - r.record.cached_tokens, r.record.cached_tokens) for r in admitted)
+        # A prefix still coming back from host is loaded layer by layer under the prefill
+        # (HiCache's load_back with layer-wise sync): the batch waits only for what compute cannot hide.
+        prefill_s = prefill_end_s(self.now, compute_s, [r.load for r in admitted if r.load is not None],
+                                  self.cost.num_layers) - self.now
         decoding = self.running
         # Several decode-only steps at once when nothing can change in between: no admission
         # (nothing waits or nothing was admittable), no arrival and no finish before then.

@@ -1,10 +1,21 @@
 """SGLang's HiCache (write-through host tier) in the simulator: every prefix the GPU tree caches
 is also written to host memory (a pool of 2x the device pool by default, SGLang's
 `--hicache-ratio`), and a request whose prefix left the GPU but is still in host
-memory reloads it (bytes / PCIe bandwidth) instead of recomputing it. The host side is its own
-radix tree over a host-sized pool with LRU eviction, as upstream's host pool is. The write-back
-copies overlap compute (free here); a reload is charged before the batch's prefill (no
-layer-wise overlap: slightly pessimistic, for this baseline and for our offload misses alike)."""
+memory reloads it instead of recomputing it. The host side is its own
+radix tree over a host-sized pool with LRU eviction, as upstream's host pool is.
+
+Copies share the GPU's host link (eval/sim/link.py, one FIFO per direction): every write-through
+backup takes GPU->host link time (it costs no compute, but a backlog delays our offloads on the
+same direction, never a reload); a reload queues on the host->GPU direction behind every copy
+issued before it, and is loaded layer by layer overlapped with the batch's prefill, as upstream's
+`load_back` with layer-wise synchronisation does: the batch ends at max(compute, the copy) plus one
+layer's share of the shorter, not compute + copy (eval/sim/layerwise.py). Our offload tier's
+reloads go the same way (the server uses the same load_back).
+
+Not modelled: upstream locks a node on the GPU while its backup is in flight (it cannot be evicted
+before the copy lands); here it is evictable at once (and could be reloaded before its backup
+landed). At ~51 GB/s a turn's backup lands within milliseconds unless the GPU->host queue is long,
+so this frees GPU memory a few ms early, in HiCache's favour and ours alike."""
 
 from __future__ import annotations
 
@@ -33,13 +44,13 @@ class SimHiCache:
         """Tokens of `key`'s prefix that host memory holds (refreshes their recency)."""
         return self.tree.match_prefix(MatchPrefixParams(key=RadixKey(key))).device_prefix_len
 
-    def write(self, key: array) -> None:
-        """Write-through of a finished turn's cached prefix."""
+    def write(self, key: array) -> int:
+        """Write-through of a finished turn's cached prefix; returns the tokens copied to host."""
         match = self.tree.match_prefix(MatchPrefixParams(key=RadixKey(key)))
         have = match.device_prefix_len
         new = len(key) - have
         if new <= 0:
-            return
+            return 0
         lock = self.tree.lock(match.last_device_node) if have else None  # not evicted under us
         room = self.allocator.available_size() - self.held_tokens()
         short = new - room
@@ -47,8 +58,9 @@ class SimHiCache:
             self.tree.evict(EvictParams(num_tokens=short))
         if self.allocator.available_size() - self.held_tokens() < new:
             self.tree.unlock(lock)
-            return  # host memory full of locked paths: this turn is not written
+            return 0  # host memory full of locked paths: this turn is not written
         prefix = self.tree.path_device_indices(match.last_device_node)[:have] if have else torch.empty(0, dtype=torch.int64)
         value = torch.cat([prefix.to(torch.int64), self.allocator.alloc(new).to(torch.int64)])
         self.tree.insert(InsertParams(key=RadixKey(key), value=value, prev_prefix_len=have))
         self.tree.unlock(lock)
+        return new
