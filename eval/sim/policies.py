@@ -1,6 +1,13 @@
 """Serving policies compared in the evaluation, all run by the same engine and cache.
 
 - vllm: no prefix reuse across requests; a turn's KV is freed when it finishes (evict-on-finish).
+- vllm-apc: vLLM with automatic prefix caching (on by default in vLLM v1), the baseline Continuum
+  (arXiv 2511.02230, Sec. 6) compares against: in this model the same as sglang-lru, named so that
+  comparison reads like the paper's. vLLM hashes full 16-token blocks (a prompt's partial last
+  block is never reused: <= 15 tokens a request, not modelled) and evicts from its free-block queue
+  the least recently freed block first, a sequence's tail before its head: the radix tree's LRU over
+  leaves. Request-level FCFS; no host tier (vLLM + LMCache offload is not modelled); recompute
+  preemption where SGLang, and this engine, reserve a turn's output at admission.
 - sglang-lru: upstream SGLang: radix prefix cache, LRU eviction, request-level FCFS.
 - sglang-hicache: the same with HiCache (--enable-hierarchical-cache): a prefix evicted from
   the GPU is reloaded from host memory instead of recomputed (eval/sim/hicache.py).
@@ -56,6 +63,7 @@ class PolicySpec:
 POLICIES: dict[str, PolicySpec] = {
     "vllm": PolicySpec("vllm", prefix_reuse=False),
     "sglang-lru": PolicySpec("sglang-lru"),
+    "vllm-apc": PolicySpec("vllm-apc"),  # = sglang-lru here (see above)
     "sglang-hicache": PolicySpec("sglang-hicache", hicache=True),
     "infercept": PolicySpec("infercept", retention="infercept"),  # preserve = held until return
     "autellix": PolicySpec("autellix", order="plas"),
