@@ -37,6 +37,7 @@ from eval.sim.policies import PolicySpec, infercept_preserve
 from eval.traces.format import Program
 from sglang_agent.backend import build_backend
 from sglang_agent.config import AgentServerArgs
+from sglang_agent.controller.workflows import ROLE_PREFIX
 from sglang_agent.controller import LoadSnapshot
 from sglang_agent.hints import InlineAgentHint, ToolStart, WorkflowAgent, WorkflowDef, WorkflowStep
 from sglang_agent.policy.clock import StepClock
@@ -84,7 +85,7 @@ class _Request:
     record: TurnRecord
     node: int = 0
     gpu_cached: int = 0  # prefix found in the GPU tree (the rest of record.cached_tokens was reloaded)
-    load: Optional[Transfer] = None  # its prefix coming back from host over the link (layer-wise)
+    loads: list[Transfer] = field(default_factory=list)  # its prefix coming back from host (layer-wise)
     lock: object = None
     slots: Optional[torch.Tensor] = None
     produced: int = 0
@@ -169,10 +170,17 @@ class Simulator:
         self.host_pool_tokens = policy.host_pool_tokens or int(policy.host_ratio * self.pool_tokens)
         # One PCIe link per GPU and direction, shared by HiCache's copies and our tier's.
         self.links = HostLinks.of(cost) if policy.offload or policy.hicache else None
-        self.host = SimHostTier(self.host_pool_tokens, cost, self.clock, self.links) if policy.offload else None
-        # One host budget: what the offload tier holds is room HiCache's host tree does not have.
-        held = self.host.used_tokens if self.host is not None else (lambda: 0)
-        self.hicache = SimHiCache(self.host_pool_tokens, held_tokens=held) if policy.hicache else None
+        # KVFlow's prefetch of the agents due next (the host tier asks, _load_prefix loads): each
+        # session's last cached key, and the loads still in flight (key, GPU tokens before, copy).
+        self.session_keys: dict[str, array] = {}
+        self.prefix_loads: list[tuple[array, int, Transfer]] = []
+        # One host budget. On HiCache (ours), an offloaded session's KV is its path in HiCache's
+        # host tree, held there, as the server demotes it and holds its host copy: prefixes it
+        # shares with other paths (a role prompt) are stored once. Without HiCache the offload
+        # tier keeps copies of its own in a pool of the same size.
+        self.hicache = SimHiCache(self.host_pool_tokens) if policy.hicache else None
+        self.host = SimHostTier(self.host_pool_tokens, cost, self.clock, self.links, loader=self._load_prefix,
+                                host_tree=self.hicache, key_of=self.session_keys.get) if policy.offload else None
         # A fixed TTL: no memory price, so the declared duration is always taken as the TTL.
         defaults = AgentServerArgs()
         args = agent_args or AgentServerArgs(
@@ -346,10 +354,12 @@ class Simulator:
             req.node, req.lock, req.gpu_cached = node, lock, cached
             req.slots = self.allocator.alloc(need)
             if hicache_reload:
-                req.load = self.links.h2d.submit(self.now, hicache_reload)  # load_back at admission
+                req.loads.append(self.links.h2d.submit(self.now, hicache_reload))  # load_back at admission
                 self.hicache.reloaded_tokens += hicache_reload
             elif reload:
-                req.load = self.host.take(session, cached + reload)
+                req.loads.append(self.host.take(session, cached + reload))
+            if self.prefix_loads and cached:
+                req.loads += self._prefix_loads_under(req.key, cached)
             req.record.cached_tokens = cached + reload
             req.record.gpu_cached_tokens = cached
             req.record.admitted_s = self.now
@@ -381,6 +391,8 @@ class Simulator:
             if used < len(req.slots):
                 self.allocator.free(req.slots[used:])
             result = self.cache.insert(InsertParams(key=RadixKey(kv_key), value=value, prev_prefix_len=cached))
+            if self.host is not None:
+                self.session_keys[self._session(program, req.turn)] = kv_key
             if self.hicache is not None:
                 written = self.hicache.write(kv_key)
                 if written:
@@ -435,6 +447,57 @@ class Simulator:
             self.infercept_pins.discard(session)
             released.append(session)
         return released
+
+    # ---- KVFlow's prefetch of the next agents' prefixes -----------------------------------------
+    def _prefix_key(self, session_id: str) -> Optional[array]:
+        """The tokens a prefetch of `session_id` brings back: the session's last cached key, or for
+        a role's prefix (the controller's `role:` key) that role's prompt."""
+        if session_id.startswith(ROLE_PREFIX):
+            role = session_id[len(ROLE_PREFIX):]
+            for state in self.programs:
+                program = state.program
+                for agent, tokens in (program.agent_prefixes or {}).items():
+                    if program.role(agent) == role:
+                        return array("q", tokens)
+            return None
+        return self.session_keys.get(session_id)
+
+    def _load_prefix(self, session_id: str, headroom_tokens: int) -> Optional[int]:
+        """What the server's host tier does for a workflow agent due next (HiCache load_back of the
+        session's host-only path, the copy started at once): the part of its key that host memory
+        holds beyond the GPU's is given GPU slots, inserted in the tree, and queued on the link; a
+        turn that finds it before it lands waits for it layer by layer. Returns tokens loaded, 0 if
+        nothing is host-only, None if it needs more than `headroom_tokens` (it waits a step)."""
+        key = self._prefix_key(session_id)
+        if key is None or self.hicache is None:
+            return 0
+        host_tokens = min(self.hicache.match(key), len(key))
+        match = self.cache.match_prefix(MatchPrefixParams(key=RadixKey(key)))
+        gpu_tokens, node = match.device_prefix_len, match.last_device_node
+        tokens = host_tokens - gpu_tokens
+        if tokens <= 0:
+            return 0
+        if tokens > headroom_tokens:
+            return None
+        lock = self.cache.lock(node) if gpu_tokens else None  # its GPU prefix stays while we evict
+        short = tokens - self.allocator.available_size()
+        if short > 0:
+            self.cache.evict(EvictParams(num_tokens=short))
+        if self.allocator.available_size() < tokens:
+            self.cache.unlock(lock)
+            return None
+        prefix = self.cache.path_device_indices(node)[:gpu_tokens] if gpu_tokens else torch.empty(0, dtype=torch.int64)
+        value = torch.cat([prefix.to(torch.int64), self.allocator.alloc(tokens).to(torch.int64)])
+        self.cache.insert(InsertParams(key=RadixKey(key[:host_tokens]), value=value, prev_prefix_len=gpu_tokens))
+        self.cache.unlock(lock)
+        self.prefix_loads.append((key[:host_tokens], gpu_tokens, self.links.h2d.submit(self.now, tokens)))
+        return tokens
+
+    def _prefix_loads_under(self, key: array, cached: int) -> list[Transfer]:
+        """Prefetches still in flight whose tokens are part of the `cached` prefix of `key`."""
+        self.prefix_loads = [entry for entry in self.prefix_loads if entry[2].end_s > self.now]
+        return [load for loaded, before, load in self.prefix_loads
+                if cached > before and key[:before + 1] == loaded[:before + 1]]
 
     # ---- main loop ---------------------------------------------------------------------------
     def run(self) -> SimResult:
@@ -491,7 +554,7 @@ class Simulator:
         compute_s = sum(self.cost.prefill_s(len(r.key) - r.record.cached_tokens, r.record.cached_tokens) for r in admitted)
         # A prefix still coming back from host is loaded layer by layer under the prefill
         # (HiCache's load_back with layer-wise sync): the batch waits only for what compute cannot hide.
-        prefill_s = prefill_end_s(self.now, compute_s, [r.load for r in admitted if r.load is not None],
+        prefill_s = prefill_end_s(self.now, compute_s, [load for r in admitted for load in r.loads],
                                   self.cost.num_layers) - self.now
         decoding = self.running
         # Several decode-only steps at once when nothing can change in between: no admission

@@ -20,7 +20,6 @@ so this frees GPU memory a few ms early, in HiCache's favour and ours alike."""
 from __future__ import annotations
 
 from array import array
-from typing import Callable
 
 import torch
 from sglang.srt.mem_cache.base_prefix_cache import EvictParams, InsertParams, MatchPrefixParams
@@ -31,18 +30,31 @@ from sglang_agent.cache.cpu_pools import cpu_cache_params
 
 
 class SimHiCache:
-    def __init__(self, host_pool_tokens: int, held_tokens: Callable[[], int] = lambda: 0):
+    def __init__(self, host_pool_tokens: int):
+        # Ours' offloaded sessions hold their paths in this same tree (hold/release), as the server
+        # holds an offloaded session's host copy: one pool, shared prefixes stored once.
         self.tree = UnifiedRadixCache(cpu_cache_params(host_pool_tokens, tree_core_backend="python"))
-        # Host tokens another user of the same host pool holds (ours: copies offloaded at tool
-        # calls): the tree keeps its total under the pool minus them. Counted apart from the tree,
-        # so a copy of a path the tree also holds is counted twice: never in our favour.
-        self.held_tokens = held_tokens
         self.allocator = self.tree.token_to_kv_pool_allocator
         self.reloaded_tokens = 0
 
     def match(self, key: array) -> int:
         """Tokens of `key`'s prefix that host memory holds (refreshes their recency)."""
         return self.tree.match_prefix(MatchPrefixParams(key=RadixKey(key))).device_prefix_len
+
+    def hold(self, key: array) -> tuple[object, int, int]:
+        """Keep `key`'s path in host memory for an offloaded session (the server's host lock on its
+        node), written first where write-through has not. Returns (lock, tokens held, written)."""
+        written = self.write(key)
+        match = self.tree.match_prefix(MatchPrefixParams(key=RadixKey(key)))
+        held = match.device_prefix_len
+        return (self.tree.lock(match.last_device_node) if held else None), held, written
+
+    def release(self, lock: object) -> None:
+        self.tree.unlock(lock)
+
+    def locked_tokens(self) -> int:
+        """Host tokens offloaded sessions hold (host LRU cannot evict them)."""
+        return self.tree.protected_size()
 
     def write(self, key: array) -> int:
         """Write-through of a finished turn's cached prefix; returns the tokens copied to host."""
@@ -52,11 +64,10 @@ class SimHiCache:
         if new <= 0:
             return 0
         lock = self.tree.lock(match.last_device_node) if have else None  # not evicted under us
-        room = self.allocator.available_size() - self.held_tokens()
-        short = new - room
+        short = new - self.allocator.available_size()
         if short > 0:
             self.tree.evict(EvictParams(num_tokens=short))
-        if self.allocator.available_size() - self.held_tokens() < new:
+        if self.allocator.available_size() < new:
             self.tree.unlock(lock)
             return 0  # host memory full of locked paths: this turn is not written
         prefix = self.tree.path_device_indices(match.last_device_node)[:have] if have else torch.empty(0, dtype=torch.int64)
