@@ -40,3 +40,5 @@ def test_quick_workflows_figure_writes_every_policy_and_column(tmp_path):
         assert 0 < chain <= jct + 1e-9
         # Not on the GPU = reloaded + recomputed.
         assert int(r["gpu_miss_tokens"]) >= int(r["recomputed_tokens"]) > 0
+        # KV the running requests hold, a fraction of the pool over time.
+        assert 0.0 < float(r["effective_memory_utilisation"]) <= 1.0

@@ -33,6 +33,10 @@ def summarize(result: SimResult) -> dict:
         "token_hit_rate": sum(t.cached_tokens for t in turns) / max(1, tokens),
         "avg_queue_s": statistics.mean(t.admitted_s - t.arrival_s for t in turns),
         "avg_ttft_s": statistics.mean(t.first_token_s - t.arrival_s for t in turns),
+        # GPU-tier misses (Bélády's yardstick, eval/sim/belady.py): prompt tokens prefilled, and
+        # those plus the ones reloaded from host.
+        "recomputed_tokens": sum(t.prompt_tokens - t.cached_tokens for t in turns),
+        "gpu_miss_tokens": sum(t.prompt_tokens - t.gpu_cached_tokens for t in turns),
     }
 
 
@@ -43,10 +47,13 @@ def summarize_dag(result: SimResult) -> dict:
     - role_prefix_hit_rate: over every agent's first turn, except those of the first program
       that used the role (nothing could have cached it), the role prompt's tokens found in the GPU
       tree / the role prompt's tokens (token-weighted; a reload from host is no hit here);
-    - recomputed_tokens: prompt tokens neither on the GPU nor reloaded from host (prefilled);
-    - gpu_miss_tokens: prompt tokens not found in the GPU tree (reloaded + recomputed)."""
+    - recomputed_tokens (summarize): prompt tokens neither on the GPU nor reloaded from host;
+    - gpu_miss_tokens (summarize): prompt tokens not found in the GPU tree (reloaded + recomputed);
+    - effective_memory_utilisation: KV held by running requests / the pool, averaged over the run
+      (first arrival to last finish; eval/sim/memory_use.py)."""
     turns = [t for p in result.programs for t in p.turns]
     chains = [_critical_path_s(p) for p in result.programs if p.critical_path]
+    span = result.makespan_s - min((p.arrival_s for p in result.programs), default=0.0)
     firsts = sorted((t for t in turns if t.role is not None), key=lambda t: t.arrival_s)
     first_user: dict[str, str] = {}
     for t in firsts:
@@ -58,8 +65,7 @@ def summarize_dag(result: SimResult) -> dict:
         "critical_path_jct_s": statistics.mean(chains) if chains else float("nan"),
         "role_prefix_hit_rate": (sum(min(t.gpu_cached_tokens, t.role_prefix_tokens) for t in counted) / role_tokens
                                  if role_tokens else float("nan")),
-        "recomputed_tokens": sum(t.prompt_tokens - t.cached_tokens for t in turns),
-        "gpu_miss_tokens": sum(t.prompt_tokens - t.gpu_cached_tokens for t in turns),
+        "effective_memory_utilisation": result.running_kv_token_s / max(1e-9, result.pool_tokens * span),
     }
 
 
