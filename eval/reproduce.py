@@ -3,6 +3,7 @@
     python -m eval.reproduce --all                 # every figure (the project's main job)
     python -m eval.reproduce --figure jct          # one of: jct, throughput, hit_rate, ttl, workflow, workflows, hints, workers
     python -m eval.reproduce --all --quick         # small sizes, for a smoke run
+    python -m eval.reproduce --targets             # issue 12's targets as ratios, met or not (eval/targets.py)
 
 Figures (PNG) and their data (CSV) go to eval/results/. Workloads: BFCL v4 multi-turn programs
 (real, from the bfcl-eval package), synthetic coding-agent programs and synthetic multi-agent workflows,
@@ -285,12 +286,18 @@ def main(argv=None) -> None:
     target = parser.add_mutually_exclusive_group(required=True)
     target.add_argument("--figure", choices=FIGURES, nargs="+", help="one figure or several")
     target.add_argument("--all", action="store_true", help="every figure")
+    target.add_argument("--targets", action="store_true", help="the issue's targets as ratios, met or not (eval/targets.py)")
     parser.add_argument("--profile", default="llama-3.1-8b-h100", help="cost profile (eval/sim/profiles/*.json)")
     parser.add_argument("--quick", action="store_true", help="small workloads, for a smoke run")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.targets:
+        from eval.targets import run_targets
+
+        run_targets(args.profile, args.quick, args.seed, args.out)
+        return
     cost = load_profile(args.profile)
     work = workloads(args.quick)
     figures = FIGURES if args.all else tuple(args.figure)

@@ -261,3 +261,46 @@ def tokencake_dag(
                                 {a: app_prompt for a in deps}, {a: list(p) for a, p in deps.items()},
                                 list(TOKENCAKE_CRITICAL_PATH), {a: f"tokencake/{a}" for a in deps}))
     return programs
+
+
+def kvflow_chains(
+    count: int,
+    seed: int = 0,
+    agents: int = 10,
+    rounds: int = 4,
+    fixed_prompt_tokens: int = 8192,
+    dynamic_tokens: int = 32,
+    output_tokens: int = 32,
+    shared_agents: bool = True,
+) -> list[Program]:
+    """KVFlow's microbenchmark workflows (arXiv 2507.07400, Sec. 4.1-4.2, as the project's notes
+    read them): `agents` agents run one after another, each request its agent's fixed prompt +
+    a `dynamic_tokens` dynamic part, generating `output_tokens`, no tool time. Sizes are the
+    paper's; the rest are assumptions of this generator:
+    - the dynamic part is the previous agent's output (`output_tokens`; the very first step's: a
+      fresh `dynamic_tokens`-token task), so with both 32, as in the paper, every prompt is
+      exactly fixed + 32;
+    - each of the `count` programs runs `rounds` instances of the workflow back to back (the next
+      starts when the previous ends: one workflow at a time per program, a closed loop), as one
+      DAG chain of agents*rounds steps whose roles repeat: the agent's fixed prompt is its role
+      prompt, shared by every instance (and by every program when `shared_agents`; otherwise
+      each program has its own `agents` fixed prompts);
+    - every step is a fresh agent session (a new request), so what an instance can reuse is its
+      agent's fixed prompt, as in KVFlow's setting."""
+    rnd = random.Random(f"{seed}/kvflow-prompts")
+    shared = {f"agent{k}": _tokens(rnd, fixed_prompt_tokens) for k in range(agents)} if shared_agents else None
+    programs = []
+    for i in range(count):
+        rnd = random.Random(f"{seed}/kvflow/{i}")
+        roles = ({f"agent{k}": f"agent{k}" for k in range(agents)} if shared_agents else
+                 {f"agent{k}": f"w{i}/agent{k}" for k in range(agents)})
+        prompts = shared if shared_agents else {roles[a]: _tokens(rnd, fixed_prompt_tokens) for a in roles}
+        steps = [(r, k) for r in range(rounds) for k in range(agents)]
+        names = [f"r{r}/agent{k}" for r, k in steps]
+        turns = [Turn(_tokens(rnd, dynamic_tokens) if n == 0 else [], _tokens(rnd, output_tokens), None, 0.0, name)
+                 for n, name in enumerate(names)]
+        deps = {name: ([names[n - 1]] if n else []) for n, name in enumerate(names)}
+        agent_roles = {name: roles[f"agent{k}"] for name, (_, k) in zip(names, steps)}
+        programs.append(Program(f"kvflow-{seed}-{i}", 0.0, [], turns, {a: prompts[agent_roles[a]] for a in names}, deps,
+                                list(names), agent_roles))
+    return programs
