@@ -7,7 +7,7 @@ checks the SGLang version it was written for and fails loudly on another.
 What always happens on load: `--radix-cache-backend agent` and the tree-core backend become
 available, and the hint messages are registered for SGLang's IPC. The hooks that change server
 behaviour (hint routes and channel, scheduler dispatch, the step clock, request exits, pins giving
-way for decode and admission, program-level FCFS, DP hint routing, the HiCache copy engine and its
+way for decode and admission, program-level FCFS, the critical-path reservation, DP hint routing, the HiCache copy engine and its
 CPU host pool, pins as reclaimable in /v1/loads) are applied only when the
 server was started through `python -m sglang_agent.launch_server` (env SGLANG_AGENT_ENABLE=1).
 """
@@ -38,6 +38,7 @@ def load() -> None:
     if not enabled():
         return
     from sglang_agent.patches import (
+        admission_reservation,
         dp_hint_routing,
         hicache_copy_engine,
         host_pool_cpu,
@@ -53,8 +54,8 @@ def load() -> None:
     )
 
     hooks = (scheduler_dispatch, scheduler_step_tick, scheduler_request_exit, scheduler_decode_room,
-             scheduler_pin_release, schedule_policy_fcfs, tokenizer_communicator, dp_hint_routing,
-             http_server_routes, host_pool_cpu, hicache_copy_engine, loads_pins_reclaimable)
+             scheduler_pin_release, schedule_policy_fcfs, admission_reservation, tokenizer_communicator,
+             dp_hint_routing, http_server_routes, host_pool_cpu, hicache_copy_engine, loads_pins_reclaimable)
     for hook in hooks:
         hook.register()
     logger.info("sglang-agent hooks registered")

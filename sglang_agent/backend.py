@@ -185,6 +185,31 @@ class AgentBackend(RequestListener):
         """Nothing runs and the head of the queue does not fit: pins give way (no deadlock)."""
         return self._guard("make_room_for_admission", self.controller.release_pins, fits, "admission", fallback=[])
 
+    def unblock_stalled_head(self, rid: str, need_tokens: int, reserve_tokens: int) -> list[str]:
+        """Requests run but the head of the queue has waited the stall bound for pins: they give way."""
+        return self._guard("unblock_stalled_head", self.controller.unblock_stalled_head, rid, need_tokens,
+                           reserve_tokens, fallback=[])
+
+    # The critical-path reservation's admission (patches/admission_reservation.py).
+    def reservation_active(self) -> bool:
+        return not self.disabled and self.controller.reservation.enabled
+
+    def is_critical_request(self, rid: str) -> bool:
+        return self._guard("is_critical_request", self.controller.is_critical_request, rid, fallback=False)
+
+    def queue_rank(self, rid: str) -> int:
+        return self._guard("queue_rank", self.controller.queue_rank, rid, fallback=1)
+
+    def begin_admission_round(self, waiting_critical_need_tokens: int) -> int:
+        return self._guard("begin_admission_round", self.controller.begin_admission_round,
+                           waiting_critical_need_tokens, fallback=0)
+
+    def may_admit(self, rid: str, need_tokens: int, room_tokens: int) -> bool:
+        return self._guard("may_admit", self.controller.may_admit, rid, need_tokens, room_tokens, fallback=True)
+
+    def admitted(self, rid: str, tokens: int) -> None:
+        self._guard("admitted", self.controller.admitted, rid, tokens)
+
     def program_arrival(self, rid: str) -> Optional[float]:
         return self._guard("program_arrival", self.controller.program_arrival, rid)
 

@@ -55,6 +55,12 @@ class AgentServerArgs:
     learn_workflows: bool = True
     workflow_min_observations: int = 2
     workflow_min_probability: float = 0.5
+    # Critical-path reservation (TokenCake): at most this share of the pool is held for the agents
+    # on a live workflow's critical path (0: off).
+    reserve_fraction: float = 0.0
+    # Longest a waiting request may be held back by pins or the reservation once only they stand in
+    # its way (upstream would have evicted that memory for it at once).
+    max_admission_stall_s: float = 1.0
 
     def __post_init__(self):
         if not 0.0 <= self.max_pinned_fraction <= 1.0:
@@ -74,6 +80,10 @@ class AgentServerArgs:
             raise ValueError("--agent-workflow-min-observations must be >= 1")
         if not 0.0 < self.workflow_min_probability <= 1.0:
             raise ValueError(f"--agent-workflow-min-probability must be in (0, 1], got {self.workflow_min_probability}")
+        if not 0.0 <= self.reserve_fraction <= 0.9:
+            raise ValueError(f"--agent-reserve-fraction must be in [0, 0.9], got {self.reserve_fraction}")
+        if self.max_admission_stall_s < 0:
+            raise ValueError("--agent-max-admission-stall-s must be >= 0")
         if self.copy_engine not in ("auto", "upstream", "triton"):
             raise ValueError(f"--agent-copy-engine must be auto, upstream or triton, got {self.copy_engine!r}")
         if self.tool_call_pattern:
@@ -145,6 +155,15 @@ class AgentServerArgs:
         group.add_argument("--agent-workflow-min-probability", type=float, default=d.workflow_min_probability,
                            help="Learned workflow graphs: how often a role must follow another for the edge to "
                                 "count; below it the cache keeps LRU order (default %(default)s).")
+        group.add_argument("--agent-reserve-fraction", type=float, default=d.reserve_fraction,
+                           help="Critical-path reservation (TokenCake): hold up to this share of the KV pool "
+                                "for the agents on a declared or learned workflow's critical path (sized "
+                                "from 5%% up with KV usage; lent out whenever they do not need it; their "
+                                "prefixes are evicted last). 0 (default) = off.")
+        group.add_argument("--agent-max-admission-stall-s", type=float, default=d.max_admission_stall_s,
+                           help="Longest a waiting request is held back by pins or the reservation once "
+                                "only they stand in its way; then pins give way, closest to expiry first "
+                                "(default %(default)s s).")
         group.add_argument("--agent-disable-program-fcfs", action="store_true",
                            help="Order resumed turns by their own arrival (upstream FCFS).")
 
@@ -173,6 +192,8 @@ class AgentServerArgs:
             learn_workflows=not args.agent_disable_workflow_learning,
             workflow_min_observations=args.agent_workflow_min_observations,
             workflow_min_probability=args.agent_workflow_min_probability,
+            reserve_fraction=args.agent_reserve_fraction,
+            max_admission_stall_s=args.agent_max_admission_stall_s,
         )
 
     def resolved_copy_engine(self) -> str:

@@ -861,3 +861,100 @@ def test_continuums_last_step_closes_the_session_after_its_turn(env):
     result = insert(cache, range(25))
     ctl.turn_finished(FakeReq("r1", result.last_device_node, list(range(25))))
     assert "job:7" not in ctl.sessions
+
+
+# ---- critical-path reservation ------------------------------------------------------------------
+
+def fan_out_workflow(ctl, wf="dag"):
+    """planner -> (w1, w2 -> w2b) -> writer: the critical path runs through w2."""
+    agents = tuple(WorkflowAgent(a, f"{wf}/{a}") for a in ("planner", "w1", "w2", "w2b", "writer"))
+    edges = (("planner", "w1"), ("planner", "w2"), ("w2", "w2b"), ("w1", "writer"), ("w2b", "writer"))
+    return ctl.declare_workflow(WorkflowDef(wf, agents, edges=edges, dag=True))
+
+
+def test_critical_agents_prefixes_are_evicted_after_every_other_unpinned_node(env):
+    cache, clock, ctl = env(pool=200, reserve_fraction=0.3)
+    fan_out_workflow(ctl)
+    ctl.workflow_step(WorkflowStep("dag", "planner"))
+    run_turn(cache, ctl, "dag/planner", "rp", range(0, 30))
+    for agent, base in (("w1", 100), ("w2", 200)):
+        ctl.workflow_step(WorkflowStep("dag", agent))
+        run_turn(cache, ctl, f"dag/{agent}", f"r{agent}", range(base, base + 30))
+    assert ctl.snapshot()["critical_workflows"] == 1
+    assert cache.last_node("dag/w2").critical_sessions == {"dag/w2", "role:w2"}  # its role prompt too
+    assert not cache.last_node("dag/w1").critical_sessions  # the shorter branch
+    # Newer one-off prompts of other tenants, then pressure for all but 30 tokens: w1, running too
+    # (KVFlow keeps it over LRU nodes), goes before w2 all the same; w2 is what stays.
+    for i in range(3):
+        insert(cache, [1000 + 100 * i + j for j in range(30)])
+    cache.evict(EvictParams(num_tokens=150))
+    assert match(cache, range(200, 230)).device_prefix_len == 30
+    assert match(cache, range(100, 130)).device_prefix_len == 0
+    assert all(match(cache, [1000 + 100 * i + j for j in range(30)]).device_prefix_len == 0 for i in range(3))
+    # The workflow ends with its writer's turn: nothing is critical any more.
+    ctl.workflow_step(WorkflowStep("dag", "w2b"))
+    ctl.workflow_step(WorkflowStep("dag", "writer"))
+    run_turn(cache, ctl, "dag/writer", "rwr", range(300, 310))
+    assert ctl.snapshot()["critical_workflows"] == 0 and cache.critical_session_count() == 0
+    assert not cache.last_node("dag/w2").critical_sessions
+
+
+def test_the_reservation_holds_what_critical_agents_need_now_and_lends_the_rest(env):
+    cache, clock, ctl = env(pool=1000, reserve_fraction=0.3)
+    ctl.reservation.sizer.fraction = 0.3  # as after a busy stretch (the share grows from 5%)
+    assert ctl.begin_admission_round(0) == 0  # no workflow: nothing held, the share is all lent
+    fan_out_workflow(ctl)
+    ctl.workflow_step(WorkflowStep("dag", "planner"))
+    run_turn(cache, ctl, "dag/planner", "rp1", range(0, 40))
+    ctl.tool_start(ToolStart("dag/planner", "search", expected_duration_s=30.0))
+    assert ctl.begin_admission_round(0) == 0  # its tool returns in 30 s: nothing is held meanwhile
+    clock.now += 29.5
+    # Due within the stall bound: its next turn's estimate is held (the share caps it).
+    assert ctl.begin_admission_round(0) == 300  # min(share 300, estimate 512)
+    ctl.bind("side", InlineAgentHint("tenant"))
+    ctl.request_entered("side")
+    assert not ctl.may_admit("side", need_tokens=200, room_tokens=400)  # would leave 200 < 300
+    assert ctl.may_admit("side", need_tokens=100, room_tokens=400)
+    ctl.bind("crit", InlineAgentHint("dag/planner"))
+    ctl.request_entered("crit")
+    assert ctl.is_critical_request("crit") and not ctl.is_critical_request("side")
+    assert ctl.begin_admission_round(120) == 120  # its request waits: exactly what it needs
+    assert ctl.may_admit("crit", 120, 130)
+    ctl.admitted("crit", 120)
+    assert ctl.reservation.held == 0 and ctl.may_admit("side", 390, 400)
+    # Held back again, but never longer than the stall bound.
+    ctl.begin_admission_round(120)
+    assert not ctl.may_admit("side", 390, 400)
+    clock.now += 1.0
+    assert ctl.may_admit("side", 390, 400)
+    stats = ctl.snapshot()
+    assert stats["requests_held_by_reservation"] == 1  # one request, counted once
+    assert stats["reserved_tokens"] == 300 and stats["reserved_tokens_used"] == 120
+    ctl.request_dropped("side")
+    assert not ctl.reservation.held_back_rids
+
+
+def test_the_reservation_is_off_by_default(env):
+    cache, clock, ctl = env(pool=1000)
+    fan_out_workflow(ctl)
+    assert not ctl.reservation.enabled and ctl.begin_admission_round(500) == 0
+    assert ctl.snapshot()["critical_workflows"] == 0 and ctl.may_admit("x", 999, 1000)
+
+
+def test_pins_give_way_to_a_stalled_head_only_after_the_bound_and_only_if_they_block_it(env):
+    """Defect (issue "Critical-path reservation", 1): with pins live and a request decoding near
+    the pool's edge, other tenants got no prefill until the pins expired (24 s on the CPU server,
+    1 s on upstream): pins gave way only when nothing ran."""
+    cache, clock, ctl = env(pool=200)
+    for s, base, duration in (("late", 0, 40.0), ("soon", 100, 10.0)):
+        run_turn(cache, ctl, s, f"{s}1", range(base, base + 30))
+        ctl.tool_start(ToolStart(s, "bash", duration))
+    ctl.request_entered("newcomer")
+    assert cache.free_tokens() == 140
+    assert ctl.unblock_stalled_head("newcomer", need_tokens=150, reserve_tokens=20) == []  # not waited yet
+    clock.now += 1.0
+    # Running requests hold so much that even without the pins it would not fit: pins stay.
+    assert ctl.unblock_stalled_head("newcomer", need_tokens=150, reserve_tokens=60) == []
+    assert ctl.unblock_stalled_head("newcomer", need_tokens=150, reserve_tokens=20) == ["soon"]
+    assert pinned(cache, "late") == 30 and ctl.snapshot()["pins_released_for_stalled_requests"] == 1
+    assert ctl.unblock_stalled_head("newcomer", need_tokens=100, reserve_tokens=20) == []  # fits now

@@ -56,19 +56,65 @@ def test_program_fcfs_hook_orders_resumed_turn_by_program_arrival():
     assert [r.rid for r in queue] == ["newcomer-1", "resumed-turn"]
 
 
-def test_hard_pins_give_way_only_when_nothing_runs():
+def test_hard_pins_give_way_at_once_when_nothing_runs_and_after_the_stall_bound_otherwise():
     from sglang_agent.patches import scheduler_pin_release
 
-    asked = []
-    head = SimpleNamespace(origin_input_ids=[1] * 100, sampling_params=SimpleNamespace(max_new_tokens=28))
+    asked, stalled = [], []
+    head = SimpleNamespace(rid="head", origin_input_ids=[1] * 100, full_untruncated_fill_ids=[1] * 100,
+                           prefix_len=40, output_ids=[], sampling_params=SimpleNamespace(max_new_tokens=28))
     cache = SimpleNamespace(free_tokens=lambda: 100)
-    cache.agent_backend = SimpleNamespace(make_room_for_admission=lambda fits: asked.append(fits()))
-    scheduler = SimpleNamespace(tree_cache=cache, waiting_queue=[head], chunked_req=None)
+    cache.agent_backend = SimpleNamespace(
+        make_room_for_admission=lambda fits: asked.append(fits()),
+        unblock_stalled_head=lambda rid, need, reserve: stalled.append((rid, need, reserve)) or ["s1"])
+    scheduler = SimpleNamespace(tree_cache=cache, waiting_queue=[head], chunked_req=None, new_token_ratio=0.5)
     idle = SimpleNamespace(batch_to_run=None, running_batch=SimpleNamespace(is_empty=lambda: True))
-    busy = SimpleNamespace(batch_to_run=None, running_batch=SimpleNamespace(is_empty=lambda: False))
+    runner = SimpleNamespace(output_ids=[0] * 10, sampling_params=SimpleNamespace(max_new_tokens=50, ignore_eos=False))
+    fixed = SimpleNamespace(output_ids=[], sampling_params=SimpleNamespace(max_new_tokens=8, ignore_eos=True))
+    busy = SimpleNamespace(batch_to_run=None, running_batch=SimpleNamespace(
+        is_empty=lambda: False, reqs=[runner, fixed], batch_is_full=True))
     assert scheduler_pin_release._after_get_new_batch_prefill(busy, scheduler) is busy and asked == []
+    # The head's uncached prompt and clipped output; the running requests' remaining output as
+    # SGLang's admission counts it (40 x 0.5 + 8 x 1.0).
+    assert stalled == [("head", 60 + 28, 28)]
+    assert busy.running_batch.batch_is_full is False  # pins gave way: the next step tries again
     assert scheduler_pin_release._after_get_new_batch_prefill(idle, scheduler) is idle
     assert asked == [False]  # 100 free < 128 needed: pins are asked to give way
+
+
+def test_the_reservation_puts_critical_requests_first_and_holds_back_others():
+    from sglang.srt.managers.schedule_policy import AddReqResult
+
+    from sglang_agent.patches import admission_reservation
+
+    def req(rid):
+        return SimpleNamespace(rid=rid, origin_input_ids=[1] * 50, full_untruncated_fill_ids=[1] * 50,
+                               prefix_len=10, output_ids=[], sampling_params=SimpleNamespace(max_new_tokens=20))
+
+    rounds, admitted = [], []
+    backend = SimpleNamespace(
+        reservation_active=lambda: True,
+        is_critical_request=lambda rid: rid.startswith("crit"),
+        queue_rank=lambda rid: 0 if rid.startswith("crit") or rid == "side-old" else 1,
+        begin_admission_round=rounds.append,
+        may_admit=lambda rid, need, room: rid.startswith("crit") or room - need >= 100,
+        admitted=lambda rid, need: admitted.append((rid, need)))
+    policy = SimpleNamespace(tree_cache=SimpleNamespace(agent_backend=backend))
+    queue = [req("side-1"), req("side-old"), req("crit-1"), req("side-2")]
+    admission_reservation._after_calc_priority(None, policy, queue)
+    # Critical first, but not ahead of one that waited the stall bound already.
+    assert [r.rid for r in queue] == ["side-old", "crit-1", "side-1", "side-2"] and rounds == [60]
+    queue.pop(0)
+    adder = SimpleNamespace(tree_cache=policy.tree_cache, rem_total_tokens=150, can_run_list=[])
+
+    def original(adder, r, *args, **kwargs):
+        adder.can_run_list.append(r)
+        return AddReqResult.CONTINUE
+
+    assert admission_reservation._around_add_one_req(original, adder, queue[0], False, None) is AddReqResult.CONTINUE
+    assert admitted == [("crit-1", 60)]
+    # 150 - 60 < 100 held: the side agent waits, and the round ends without marking the batch full.
+    assert admission_reservation._around_add_one_req(original, adder, queue[1], False, None) is AddReqResult.OTHER
+    assert [r.rid for r in adder.can_run_list] == ["crit-1"]
 
 
 def test_pins_give_way_before_decode_would_retract():

@@ -88,6 +88,8 @@ class AgentRadixCache(UnifiedRadixCache):
         # Workflow sessions: steps until their agent runs, and the nodes carrying that value.
         self._session_steps: dict[str, int] = {}
         self._step_nodes: dict[str, set[AgentTreeNode]] = {}
+        # Sessions on a workflow's critical path (reservation) and the nodes carrying their mark.
+        self._critical_nodes: dict[str, set[AgentTreeNode]] = {}
         # Offloaded session -> (node, host lock) keeping its host copy from host-LRU eviction.
         self._host_holds: dict[str, tuple[int, object]] = {}
         listener = getattr(self, "listener", None)
@@ -101,6 +103,8 @@ class AgentRadixCache(UnifiedRadixCache):
             self._pin_count[new_parent] = self._pin_count[child]
         for session_id in child.step_sessions:
             self._step_nodes.setdefault(session_id, set()).add(new_parent)
+        for session_id in child.critical_sessions:
+            self._critical_nodes[session_id].add(new_parent)
         for session_id in child.resume_anchors:
             self._anchor_nodes[session_id].append(new_parent)
 
@@ -138,6 +142,8 @@ class AgentRadixCache(UnifiedRadixCache):
         self._session_last_node[session_id] = last_node_id
         if session_id in self._session_steps:
             self._put_steps(session_id, self._session_steps[session_id])
+        if session_id in self._critical_nodes:
+            self._put_critical(session_id)
 
     def set_session_steps(self, steps: dict[str, Optional[int]]) -> int:
         """New steps-to-execution for some sessions; re-scores only the nodes they own. Returns the
@@ -162,6 +168,30 @@ class AgentRadixCache(UnifiedRadixCache):
         for node in owned:
             node.set_steps(session_id, value)
         return len(owned)
+
+    def set_session_critical(self, session_id: str, critical: bool) -> int:
+        """Mark (or unmark) the session's path as a critical-path agent's: its nodes go last among
+        unpinned ones, on this path and on its later turns' paths. Returns the nodes touched."""
+        if not critical:
+            nodes = self._critical_nodes.pop(session_id, ())
+            for node in nodes:
+                node.critical_sessions.discard(session_id)
+            return len(nodes)
+        self._critical_nodes.setdefault(session_id, set())
+        return self._put_critical(session_id)
+
+    def critical_session_count(self) -> int:
+        return len(self._critical_nodes)
+
+    def _put_critical(self, session_id: str) -> int:
+        """The mark moves to the session's latest path (a role prefix moves up to a shared node)."""
+        path = set(self._path(session_id))
+        for node in self._critical_nodes[session_id] - path:
+            node.critical_sessions.discard(session_id)
+        for node in path:
+            node.critical_sessions.add(session_id)
+        self._critical_nodes[session_id] = path
+        return len(path)
 
     def common_prefix_node(self, session_a: str, session_b: str) -> Optional[int]:
         """The deepest node on both sessions' latest paths (their shared prefix), or None."""
@@ -251,6 +281,7 @@ class AgentRadixCache(UnifiedRadixCache):
         self.unpin(session_id)
         self.release_host(session_id)
         self.set_session_steps({session_id: None})
+        self.set_session_critical(session_id, False)
         self._session_last_node.pop(session_id, None)
         self.unmark_resume_anchor(session_id)
 
@@ -468,7 +499,8 @@ class AgentRadixCache(UnifiedRadixCache):
         for key, node_id in nodes:
             n = by_id[node_id]
             pins = sorted(n.pin_deadlines.items()) if times else sorted(n.pin_deadlines)
-            h.update(repr((key, n.evicted, n.backuped, n.lock_ref, pins, n.steps_to_execution)).encode())
+            h.update(repr((key, n.evicted, n.backuped, n.lock_ref, pins, n.steps_to_execution,
+                           sorted(n.critical_sessions))).encode())
         for session_id in sorted(self._session_last_node):
             node = self.last_node(session_id)
             pin = self._pin_deadline.get(session_id) if times else session_id in self._pin_deadline
@@ -504,12 +536,17 @@ class AgentRadixCache(UnifiedRadixCache):
             assert node.steps_to_execution == (min(node.step_sessions.values()) if node.step_sessions else None), node.id
             for session_id in node.step_sessions:
                 assert node in self._step_nodes.get(session_id, ()), (session_id, node.id)
+            for session_id in node.critical_sessions:
+                assert node in self._critical_nodes.get(session_id, ()), (session_id, node.id)
         pinned = self.pinned_tokens()
         assert 0 <= pinned <= self.pool_tokens(), pinned
         if self.pin_mode == "hard":
             assert pinned == sum(self._device_tokens(n) for n in self._pin_count), "incremental pinned total drifted"
         if self.pin_mode == "hard":
             assert self.protected_size() >= pinned, (self.protected_size(), pinned)
+        for session_id, nodes in self._critical_nodes.items():
+            for node in nodes:
+                assert session_id in node.critical_sessions, (session_id, node.id)
         for session_id, (node_id, _) in self._host_holds.items():
             node = upstream.live_node(self.tree_core, node_id)
             assert node is not None and node.backuped, f"host hold of {session_id!r} on a node without a host copy"

@@ -27,4 +27,4 @@ class AgentEvictionStrategy(EvictionStrategy):
         steps = node.steps_to_execution if self.base_is_lru else None
         pace = self.pace.accesses_per_step if steps is not None else None
         return eviction_key(node.ttl_deadline, steps, self.base.get_priority(node), self.clock(),
-                            self.lru_now() if pace is not None else None, pace)
+                            self.lru_now() if pace is not None else None, pace, bool(node.critical_sessions))

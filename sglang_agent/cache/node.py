@@ -22,6 +22,9 @@ class AgentTreeNode(UnifiedTreeNode):
         self.step_sessions: dict[str, int] = {}
         self.step_counts: dict[int, int] = {}  # steps value -> sessions with it
         self.steps_to_execution: Optional[int] = None  # min of step_sessions (None: unknown)
+        # Sessions (and role prefixes) of agents on a workflow's critical path whose path runs
+        # through this node: while any, the node is evicted after every other unpinned node.
+        self.critical_sessions: set[str] = set()
         # Implicit sessions waiting on a tool whose path runs through this node at or past the end
         # of their last prompt: session id -> the tokens a resuming prompt must match.
         self.resume_anchors: dict[str, int] = {}
@@ -81,4 +84,5 @@ class AgentTreeNode(UnifiedTreeNode):
         self.step_sessions = dict(child.step_sessions)
         self.step_counts = dict(child.step_counts)
         self.steps_to_execution = child.steps_to_execution
+        self.critical_sessions = set(child.critical_sessions)
         self.resume_anchors = dict(child.resume_anchors)

@@ -16,11 +16,13 @@ from typing import Callable, Optional
 
 from sglang_agent.config import AgentServerArgs
 from sglang_agent.controller.ports import HostTier, LoadProbe, LoadSnapshot, SessionKV
+from sglang_agent.controller.reservation import CriticalReservation
 from sglang_agent.controller.session import HOLD_NONE, HOLD_OFFLOAD, HOLD_PIN, AgentSession, AgentStats, ToolCall
 from sglang_agent.controller.workflows import WorkflowRegistry
 from sglang_agent.hints import HintError, InlineAgentHint, ToolStart, WorkflowDef, WorkflowStep
 from sglang_agent.policy import Clock
 from sglang_agent.policy.pins import plan_pin
+from sglang_agent.policy.reservation import admits_other
 from sglang_agent.policy.session_machine import Event, Go, Refuse, State, transition
 from sglang_agent.policy.temporal import (
     KEEP, OFFLOAD, POOL_ABOVE_WATERMARK, REQUESTS_WAITING, decide_placement, memory_pressure,
@@ -62,10 +64,14 @@ class AgentController:
         self.recent_unbound: OrderedDict[str, tuple] = OrderedDict()
         self.unbound_entered: OrderedDict[str, float] = OrderedDict()  # unbound rid -> when it entered
         self.by_activity: OrderedDict[str, None] = OrderedDict()  # sessions, least recently active first
+        # Every request in the scheduler -> when it entered (step clock): how long it has waited.
+        self.entered_at: dict[str, float] = {}
+        self.reservation = CriticalReservation(kv, args.reserve_fraction)
         graph = (TransitionGraph(args.workflow_min_observations, args.workflow_min_probability)
                  if args.learn_workflows else None)
         self.workflows = WorkflowRegistry(kv, host_tier, pace or getattr(kv, "pace", None) or WorkflowPace(), clock,
-                                          session_exists=self.sessions.__contains__, graph=graph)
+                                          session_exists=self.sessions.__contains__, graph=graph,
+                                          reservation=self.reservation)
         self.stats = AgentStats()
         self.state_counts = {state: 0 for state in State if state is not State.ABSENT}  # O(1) stats
         self._last_workflow_sweep = -math.inf
@@ -153,6 +159,7 @@ class AgentController:
         """The scheduler received the request (it now ends through turn_finished or request_dropped).
         An unbound one whose prompt extends an implicit session's cached path (the turn its tool
         call followed) is that session's resumed turn."""
+        self.entered_at[rid] = self.clock()
         if rid not in self.rid_to_session and prompt is not None and self.kv.resume_anchor_count():
             session_id = self.kv.session_on_prefix(prompt)  # token ids, or the request as received
             if session_id is not None:
@@ -167,6 +174,10 @@ class AgentController:
 
     def turn_finished(self, req) -> None:
         """A request left the scheduler finished (`req`: SGLang's Req or the simulator's)."""
+        self._left_scheduler(req.rid)
+        if self.reservation.is_critical(self.rid_to_session.get(req.rid)) and not _aborted(req):
+            new_tokens = len(req.origin_input_ids) - int(getattr(req, "cached_tokens", 0) or 0)
+            self.reservation.observe_turn(new_tokens + len(getattr(req, "output_ids", None) or ()))
         if req.rid not in self.rid_to_session:
             entered = self.unbound_entered.pop(req.rid, None)
             last_node = getattr(req, "last_node", None)
@@ -182,9 +193,14 @@ class AgentController:
     def request_dropped(self, rid: str) -> None:
         """A bound request left without finishing: aborted while queued, refused, or its client gone
         before the scheduler saw it. Idempotent."""
+        self._left_scheduler(rid)
         if rid in self.rid_to_session:
             self._request_left(rid, None)
         self.unbound_entered.pop(rid, None)
+
+    def _left_scheduler(self, rid: str) -> None:
+        self.entered_at.pop(rid, None)
+        self.reservation.request_left(rid)
 
     def unbind(self, rid: str) -> dict:
         """The HTTP layer saw SGLang refuse the bound request (status >= 400)."""
@@ -313,6 +329,9 @@ class AgentController:
         """Once per scheduler step (after the clock ticked): lapsed pins and host copies leave their
         tool state, the host tier's due copies run, idle sessions are forgotten."""
         now = self.clock()
+        if self.reservation.enabled:
+            pool = max(1, self.kv.pool_tokens())
+            self.reservation.observe_step(1.0 - self.kv.free_tokens() / pool)
         for session_id in self.kv.expire_pins(now):
             self._hold_lapsed(session_id, HOLD_PIN)
         if self.host_tier is not None:
@@ -388,9 +407,83 @@ class AgentController:
         self.stats.pins_displaced += len(released)
         if reason == "decode":
             self.stats.pins_released_for_decode += len(released)
+        elif reason == "stall":
+            self.stats.pins_released_for_stalled_requests += len(released)
         else:
             self.stats.pins_released_for_admission += len(released)
         return released
+
+    # ---- admission: waiting requests and what pins and the reservation may hold back ------------
+    def waited_s(self, rid: str) -> float:
+        entered = self.entered_at.get(rid)
+        return 0.0 if entered is None else max(0.0, self.clock() - entered)
+
+    def is_critical_request(self, rid: str) -> bool:
+        """A request of an agent on a live workflow's critical path (reservation on)."""
+        return self.reservation.is_critical(self.rid_to_session.get(rid))
+
+    def queue_rank(self, rid: str) -> int:
+        """Where the reservation puts a waiting request: 0 (ahead) for critical-path agents and for
+        any request that has waited --agent-max-admission-stall-s (a critical agent may overtake
+        others only that long), 1 for the rest; each rank keeps the scheduler's own order."""
+        if self.is_critical_request(rid) or self.waited_s(rid) >= self.args.max_admission_stall_s:
+            return 0
+        return 1
+
+    def begin_admission_round(self, waiting_critical_need_tokens: int) -> int:
+        """An admission round starts with critical requests needing `waiting_critical_need_tokens`
+        in the queue. A critical agent whose tool is predicted to return within
+        --agent-max-admission-stall-s counts too, with the turn estimate (its turn is about to
+        arrive). Returns the tokens held from other requests (0: the whole share is lent out)."""
+        if not self.reservation.enabled:
+            return 0
+        need = waiting_critical_need_tokens
+        horizon = self.clock() + self.args.max_admission_stall_s
+        for path in self.reservation.paths.values():
+            for session_id in path.next_sessions:
+                session = self.sessions.get(session_id)
+                if session is not None and session.tool is not None and self._predicted_return(session) <= horizon:
+                    need += int(self.reservation.turn_tokens_estimate)
+        return self.reservation.begin_round(need)
+
+    def _predicted_return(self, session: AgentSession) -> float:
+        """When the session's tool is expected back: its declared duration, else the median of the
+        tool's observed ones."""
+        tool = session.tool
+        if tool.expected_duration_s is not None:
+            return tool.started_at + tool.expected_duration_s
+        return tool.started_at + statistics.median(self.durations.samples(tool.tool_name))
+
+    def may_admit(self, rid: str, need_tokens: int, room_tokens: int) -> bool:
+        """May this request take `need_tokens` of the `room_tokens` the scheduler has? Critical ones
+        always (they draw on the reservation first); others only beyond what is held for critical
+        agents, and never after waiting --agent-max-admission-stall-s (the reservation may not stall
+        anyone longer than that)."""
+        held = self.reservation.held
+        if held <= 0 or self.is_critical_request(rid):
+            return True
+        if self.waited_s(rid) >= self.args.max_admission_stall_s or admits_other(need_tokens, room_tokens, held):
+            return True
+        self.reservation.held_back(rid)
+        return False
+
+    def admitted(self, rid: str, tokens: int) -> None:
+        """A critical request got its memory: that much of what was held is spent."""
+        if self.is_critical_request(rid):
+            self.reservation.held = max(0, self.reservation.held - tokens)
+
+    def unblock_stalled_head(self, rid: str, need_tokens: int, reserve_tokens: int) -> list[str]:
+        """The head of the queue could not be admitted. Once it has waited
+        --agent-max-admission-stall-s, pins give way (closest to expiry first) if they are what
+        stands in its way: it fits in free + evictable + pinned memory beyond `reserve_tokens` (what
+        the running batch may still need, as the scheduler's own admission counts it). Upstream
+        would have evicted that memory for it; a pin delays other tenants at most that long."""
+        if self.waited_s(rid) < self.args.max_admission_stall_s:
+            return []
+        room = self.kv.free_tokens() - reserve_tokens
+        if room >= need_tokens or room + self.kv.pinned_tokens() < need_tokens:
+            return []  # not the pins: it fits already, or running requests hold the memory
+        return self.release_pins(lambda: self.kv.free_tokens() - reserve_tokens >= need_tokens, "stall")
 
     def _release_pin(self, session_id: str) -> None:
         if self.kv.pin_deadline(session_id) is None:
@@ -661,6 +754,7 @@ class AgentController:
                             "unbound_in_flight": len(self.unbound_entered),
                             "implicit_anchors": self.kv.resume_anchor_count()},
             **({"host_tier": None} if self.host_tier is None else self.host_tier.snapshot()),
+            **self.reservation.snapshot(),
         }
 
     def check_integrity(self) -> None:
@@ -669,6 +763,8 @@ class AgentController:
         for session in self.sessions.values():
             counted[session.state] += 1
         assert counted == self.state_counts, (counted, self.state_counts)
+        self.reservation.check_integrity()
+        assert self.reservation.held_back_rids <= set(self.entered_at), "held-back requests outlived their exit"
         for rid, session_id in self.rid_to_session.items():
             assert rid in self.sessions[session_id].running_rids, (rid, session_id)
         assert self.rids_in_scheduler <= set(self.rid_to_session), self.rids_in_scheduler - set(self.rid_to_session)

@@ -46,6 +46,7 @@ class SessionKV(Protocol):
     def pins_soonest_first(self) -> Iterator[PinHolding]: ...  # lazily, in order of expiry
     def expire_pins(self, now: float) -> list[str]: ...  # drop lapsed pins; returns their sessions
     def set_session_steps(self, steps: dict[str, Optional[int]]) -> int: ...
+    def set_session_critical(self, session_id: str, critical: bool) -> int: ...  # evicted last while marked
     def forget_session(self, session_id: str) -> None: ...
     def access_clock(self) -> float: ...  # the tree's logical LRU clock (counts accesses)
     def last_node(self, session_id: str): ...  # the node the session's latest turn ended on

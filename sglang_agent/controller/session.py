@@ -49,7 +49,8 @@ class AgentStats:
     pins_refused_for_running_requests: int = 0  # the running batch's decode needs that memory
     pins_displaced: int = 0  # released early: by a new pin, for decode, or for admission
     pins_released_for_decode: int = 0
-    pins_released_for_admission: int = 0
+    pins_released_for_admission: int = 0  # nothing ran and the head of the queue did not fit
+    pins_released_for_stalled_requests: int = 0  # the head waited --agent-max-admission-stall-s for them
     pins_expired_before_tool_end: int = 0
     offloads: int = 0
     offloaded_tokens: int = 0

@@ -13,8 +13,11 @@ from collections import OrderedDict
 from typing import Callable, Optional
 
 from sglang_agent.controller.ports import HostTier, SessionKV
+from sglang_agent.controller.reservation import CriticalPath, CriticalReservation
 from sglang_agent.hints import MAX_WORKFLOW_AGENTS, HintError, WorkflowDef, WorkflowStep
 from sglang_agent.policy.learned_graph import LearnedRun, TransitionGraph
+from sglang_agent.policy.eviction import HORIZON_STEPS
+from sglang_agent.policy.reservation import critical_agents, schedule_successors
 from sglang_agent.policy.workflow import NEVER_AGAIN, UnknownAgentError, Workflow, WorkflowError, WorkflowPace
 
 MAX_ENDED_WORKFLOWS_REMEMBERED = 4096
@@ -28,8 +31,9 @@ ROLE_PREFIX = "role:"  # the cache's key for a role's prefix (not a session of a
 class WorkflowRegistry:
     def __init__(self, kv: SessionKV, host_tier: Optional[HostTier], pace: WorkflowPace,
                  clock: Callable[[], float], session_exists: Callable[[str], bool],
-                 graph: Optional[TransitionGraph] = None):
+                 graph: Optional[TransitionGraph] = None, reservation: Optional[CriticalReservation] = None):
         self.kv = kv
+        self.reservation = reservation  # critical-path reservation (None or disabled: off)
         self.session_exists = session_exists
         self.host_tier = host_tier
         self.pace = pace
@@ -201,6 +205,7 @@ class WorkflowRegistry:
         self._set_predicted(wf_id, role_steps)
         self._push_sessions({self.agent_sessions[(wf_id, a)] for a in run.agents})
         self._push_roles(roles)
+        self._push_learned_critical(run, role_steps)
         return steps, role_steps
 
     def _set_predicted(self, wf_id: str, role_steps: dict[str, int]) -> None:
@@ -294,7 +299,40 @@ class WorkflowRegistry:
         sessions = {self.agent_sessions[(workflow.workflow_id, agent)] for agent in workflow.agents}
         self._push_sessions(sessions)
         self._push_roles({self.role_of[(workflow.workflow_id, a)] for a in workflow.agents})
+        self._push_critical(workflow, steps)
         return steps
+
+    # ---- the critical path (reservation) ---------------------------------------------------------
+    def _push_critical(self, workflow: Workflow, steps: dict[str, Optional[int]]) -> None:
+        if self.reservation is None or not self.reservation.enabled:
+            return
+        wf_id = workflow.workflow_id
+        successors = (schedule_successors(workflow.schedule, workflow.position) if workflow.schedule
+                      else workflow.edges)
+        # Protected are the critical agents due within the eviction horizon (further ones keep
+        # KVFlow's steps order with everything else).
+        critical = [a for a in critical_agents(workflow.agents, successors, steps) if steps[a] <= HORIZON_STEPS]
+        keys = set()
+        for agent in critical:
+            keys.add(self.agent_sessions[(wf_id, agent)])
+            keys.add(ROLE_PREFIX + self.role_of[(wf_id, agent)])
+        frontier = frozenset(self.agent_sessions[(wf_id, a)] for a in critical if steps[a] <= 1)
+        self.reservation.set_path(wf_id, CriticalPath(frozenset(keys), frontier))
+
+    def _push_learned_critical(self, run: LearnedRun, role_steps: dict[str, int]) -> None:
+        """A learned instance's critical path runs over the roles the trusted graph predicts, from
+        its running agents; a role not run yet in this instance is protected by its role prefix."""
+        if self.reservation is None or not self.reservation.enabled:
+            return
+        roles = tuple(sorted(role_steps))
+        successors = {r: tuple(s for s in self.graph.successors(r) if s in role_steps) for r in roles}
+        critical = [r for r in critical_agents(roles, successors, dict(role_steps)) if role_steps[r] <= HORIZON_STEPS]
+        by_role = {}
+        for agent in sorted(run.agents):
+            by_role.setdefault(run.roles[agent], self.agent_sessions[(run.workflow_id, agent)])
+        keys = {ROLE_PREFIX + role for role in critical} | {by_role[r] for r in critical if r in by_role}
+        frontier = frozenset(by_role[r] for r in critical if r in by_role and role_steps[r] <= 1)
+        self.reservation.set_path(run.workflow_id, CriticalPath(frozenset(keys), frontier))
 
     def _push_roles(self, roles) -> None:
         """Each role's prefix needs the soonest steps of that role over the live workflows (None:
@@ -344,6 +382,8 @@ class WorkflowRegistry:
         self.steps.pop(wf_id, None)
         self.last_active.pop(wf_id, None)
         self.pace.forget(wf_id)
+        if self.reservation is not None:
+            self.reservation.set_path(wf_id, None)
         sessions, roles = set(), set()
         for agent in workflow.agents:
             session_id, role = self._remove_agent(wf_id, agent)

@@ -3,7 +3,10 @@
 SGLang's eviction walk pops the smallest key first. Our key, in order:
 1. unexpired TTL pins last (Continuum); among pins, the one closest to expiry goes first, so a
    request that cannot be admitted otherwise takes the pins that would lapse soonest;
-2. every other node in upstream's order (LRU by default: SGLang's `last_access_time`, a logical
+2. nodes on the path of an agent on a workflow's critical path due within the horizon (reservation,
+   policy/reservation.py; TokenCake: reserved agents' prefixes go last), ranked among themselves
+   as below;
+3. every other node in upstream's order (LRU by default: SGLang's `last_access_time`, a logical
    clock that counts tree accesses). Under LRU a node's age stands for how far off its next use
    is; for a node a declared workflow needs again (KVFlow, arXiv 2507.07400: steps-to-execution)
    the schedule says it, so it ranks like a node last used `steps x accesses per step` ago on the
@@ -22,6 +25,7 @@ from __future__ import annotations
 from typing import Any, Optional
 
 UNPINNED_TIER = 0
+CRITICAL_TIER = 0.5
 PINNED_TIER = 1
 # Steps ahead within which a workflow's prefixes outrank every LRU node: CacheSage (arXiv
 # 2605.27744) predicts 3 steps ahead and scores a block's survival = P(its agent fires within
@@ -40,16 +44,23 @@ def eviction_key(
     now: float,
     lru_now: Optional[float] = None,
     accesses_per_step: Optional[float] = None,
+    critical: bool = False,
 ) -> tuple:
     if is_pin_live(ttl_deadline, now):
         return (PINNED_TIER, ttl_deadline, base_priority)
+    return (CRITICAL_TIER if critical else UNPINNED_TIER,
+            _unpinned_rank(steps_to_execution, base_priority, lru_now, accesses_per_step))
+
+
+def _unpinned_rank(steps_to_execution: Optional[int], base_priority: Any, lru_now: Optional[float],
+                   accesses_per_step: Optional[float]) -> Any:
     if (steps_to_execution is None or accesses_per_step is None or lru_now is None
             or not isinstance(base_priority, (int, float))):
-        return (UNPINNED_TIER, base_priority)
+        return base_priority
     # Needed within the next few steps (CacheSage's horizon): kept over every LRU node, the
     # soonest last. A tool call inside a running agent can take many steps' worth of other
     # tenants' accesses, and their one-off prompts, newer by then, would push out the prefixes
     # that are about to be used. Further off: like a node used (k - horizon) steps ago.
     if steps_to_execution <= HORIZON_STEPS:
-        return (UNPINNED_TIER, lru_now + (HORIZON_STEPS - steps_to_execution) * 1e-3)
-    return (UNPINNED_TIER, lru_now - (steps_to_execution - HORIZON_STEPS) * accesses_per_step)
+        return lru_now + (HORIZON_STEPS - steps_to_execution) * 1e-3
+    return lru_now - (steps_to_execution - HORIZON_STEPS) * accesses_per_step

@@ -30,6 +30,10 @@ COUNTERS = {
     "offloads_for_pool_watermark": ("sglang:agent_offloads_for_pool_watermark", "Offloads made because the pool was above its watermark."),
     "turns_dropped": ("sglang:agent_turns_dropped", "Bound requests that left without finishing (aborted, refused)."),
     "sessions_forgotten": ("sglang:agent_sessions_forgotten", "Sessions forgotten after --agent-session-idle-s without activity."),
+    "pins_released_for_stalled_requests": ("sglang:agent_pins_released_for_stalled_requests",
+                                           "Pins released for a request that waited --agent-max-admission-stall-s for them."),
+    "requests_held_by_reservation": ("sglang:agent_requests_held_by_reservation",
+                                     "Requests held back at least once by the critical-path reservation."),
     "internal_errors": ("sglang:agent_internal_errors", "Exceptions in sglang-agent's callbacks (the session's state was dropped)."),
     "workflow_prefetched_tokens": ("sglang:agent_workflow_prefetched_tokens",
                                    "Tokens of next workflow agents' prefixes reloaded from host ahead of time."),
@@ -46,6 +50,10 @@ GAUGES = {
     "workflows": ("sglang:agent_workflows", "Live workflow instances, declared or learned."),
     "learned_workflows": ("sglang:agent_learned_workflows", "Live workflow instances nobody declared (graph learned)."),
     "learned_roles": ("sglang:agent_learned_roles", "Agent roles in the learned workflow graph."),
+    "reserved_tokens": ("sglang:agent_reserved_tokens",
+                        "KV tokens of the critical-path reservation (its current share of the pool)."),
+    "reserved_tokens_used": ("sglang:agent_reserved_tokens_used",
+                             "Reserved tokens held for critical-path agents now (the rest is lent out)."),
 }
 
 
