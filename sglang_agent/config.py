@@ -58,8 +58,9 @@ class AgentServerArgs:
     # Critical-path reservation (TokenCake): at most this share of the pool is held for the agents
     # on a live workflow's critical path (0: off).
     reserve_fraction: float = 0.0
-    # Longest a waiting request may be held back by pins or the reservation once only they stand in
-    # its way (upstream would have evicted that memory for it at once).
+    # Longest another tenant's request (no agent session) waits for pins once only they stand in
+    # its way (upstream would have evicted that memory for it at once), and longest the
+    # reservation holds back or overtakes any request.
     max_admission_stall_s: float = 1.0
 
     def __post_init__(self):
@@ -115,8 +116,9 @@ class AgentServerArgs:
         group.add_argument("--agent-tool-prior-s", type=str, default=",".join(map(str, d.tool_prior_s)),
                            help="Comma-separated prior tool durations (s) used before a tool has history.")
         group.add_argument("--agent-pin-mode", choices=["soft", "hard"], default=d.pin_mode,
-                           help="hard (default, Continuum): a pin holds the KV until its TTL, newcomers wait "
-                                "(released early only when nothing else can free memory); soft: pins only "
+                           help="hard (default, Continuum): a pin holds the KV until its TTL and newer agent "
+                                "programs wait for it (other tenants at most --agent-max-admission-stall-s; released "
+                                "early too when the running batch's decode needs the memory); soft: pins only "
                                 "reorder eviction and never delay admission.")
         group.add_argument("--agent-host-bandwidth-gbps", type=float, default=d.host_bandwidth_gbps,
                            help="Host<->GPU copy bandwidth (GB/s) used to price a reload from the host tier "
@@ -161,8 +163,9 @@ class AgentServerArgs:
                                 "from 5%% up with KV usage; lent out whenever they do not need it; their "
                                 "prefixes are evicted last). 0 (default) = off.")
         group.add_argument("--agent-max-admission-stall-s", type=float, default=d.max_admission_stall_s,
-                           help="Longest a waiting request is held back by pins or the reservation once "
-                                "only they stand in its way; then pins give way, closest to expiry first "
+                           help="Longest a request of no agent session waits for pins once only they stand in "
+                                "its way (then pins give way, closest to expiry first), and longest the "
+                                "critical-path reservation holds back or overtakes any request "
                                 "(default %(default)s s).")
         group.add_argument("--agent-disable-program-fcfs", action="store_true",
                            help="Order resumed turns by their own arrival (upstream FCFS).")

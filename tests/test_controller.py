@@ -941,7 +941,7 @@ def test_the_reservation_is_off_by_default(env):
     assert ctl.snapshot()["critical_workflows"] == 0 and ctl.may_admit("x", 999, 1000)
 
 
-def test_pins_give_way_to_a_stalled_head_only_after_the_bound_and_only_if_they_block_it(env):
+def test_pins_give_way_to_another_tenants_stalled_head_after_the_bound_if_they_block_it(env):
     """Defect (issue "Critical-path reservation", 1): with pins live and a request decoding near
     the pool's edge, other tenants got no prefill until the pins expired (24 s on the CPU server,
     1 s on upstream): pins gave way only when nothing ran."""
@@ -958,3 +958,9 @@ def test_pins_give_way_to_a_stalled_head_only_after_the_bound_and_only_if_they_b
     assert ctl.unblock_stalled_head("newcomer", need_tokens=150, reserve_tokens=20) == ["soon"]
     assert pinned(cache, "late") == 30 and ctl.snapshot()["pins_released_for_stalled_requests"] == 1
     assert ctl.unblock_stalled_head("newcomer", need_tokens=100, reserve_tokens=20) == []  # fits now
+    # An agent session's turn waits for older programs' pins until their TTL (Continuum).
+    ctl.bind("agent-turn", InlineAgentHint("younger-program"))
+    ctl.request_entered("agent-turn")
+    clock.now += 5.0
+    assert ctl.unblock_stalled_head("agent-turn", need_tokens=150, reserve_tokens=20) == []
+    assert pinned(cache, "late") == 30

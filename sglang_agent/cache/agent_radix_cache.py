@@ -14,8 +14,8 @@ Two pin modes (`--agent-pin-mode`):
 - "hard" (Continuum's semantics): a pin also holds an SGLang tree lock on the session's path, so
   its tokens count as protected, not evictable, and admission waits for them like for a running
   request. Pins only end at a step-clock tick (`expire_pins`), on release, or when the
-  controller makes them give way (`release_pins`: for the running batch's decode, or for a queue
-  that nothing else can unblock).
+  controller makes them give way (`release_pins`: for the running batch's decode, for a queue
+  that nothing else can unblock, or for a head of the queue that waited the stall bound for them).
 Every per-node field is O(1) to read however many sessions share the node.
 """
 

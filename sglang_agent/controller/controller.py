@@ -473,12 +473,14 @@ class AgentController:
             self.reservation.held = max(0, self.reservation.held - tokens)
 
     def unblock_stalled_head(self, rid: str, need_tokens: int, reserve_tokens: int) -> list[str]:
-        """The head of the queue could not be admitted. Once it has waited
-        --agent-max-admission-stall-s, pins give way (closest to expiry first) if they are what
-        stands in its way: it fits in free + evictable + pinned memory beyond `reserve_tokens` (what
-        the running batch may still need, as the scheduler's own admission counts it). Upstream
-        would have evicted that memory for it; a pin delays other tenants at most that long."""
-        if self.waited_s(rid) < self.args.max_admission_stall_s:
+        """The head of the queue could not be admitted. If it is another tenant's (no agent session)
+        and has waited --agent-max-admission-stall-s, pins give way (closest to expiry first) if
+        they are what stands in its way: it fits in free + evictable + pinned memory beyond
+        `reserve_tokens` (what the running batch may still need, as the scheduler's own admission
+        counts it). Upstream would have evicted that memory for it; a pin delays other tenants at
+        most that long. An agent session's turn waits for older programs' pins until their TTL
+        (Continuum: program-level FCFS, the pin's price counts that queueing)."""
+        if rid in self.rid_to_session or self.waited_s(rid) < self.args.max_admission_stall_s:
             return []
         room = self.kv.free_tokens() - reserve_tokens
         if room >= need_tokens or room + self.kv.pinned_tokens() < need_tokens:
