@@ -30,11 +30,13 @@ from sglang.srt.mem_cache.radix_cache import RadixKey
 
 from eval.sim.cost_model import CostModel
 from eval.sim.hicache import SimHiCache
+from eval.sim.hicache_tier import SimHiCacheTier
 from eval.sim.host_tier import SimHostTier
 from eval.sim.layerwise import prefill_end_s
 from eval.sim.link import HostLinks, Transfer
 from eval.sim.policies import PolicySpec, infercept_preserve
 from eval.traces.format import Program
+from sglang_agent import upstream
 from sglang_agent.backend import build_backend
 from sglang_agent.config import AgentServerArgs
 from sglang_agent.controller.workflows import ROLE_PREFIX
@@ -175,12 +177,17 @@ class Simulator:
         self.session_keys: dict[str, array] = {}
         self.prefix_loads: list[tuple[array, int, Transfer]] = []
         # One host budget. On HiCache (ours), an offloaded session's KV is its path in HiCache's
-        # host tree, held there, as the server demotes it and holds its host copy: prefixes it
-        # shares with other paths (a role prompt) are stored once. Without HiCache the offload
-        # tier keeps copies of its own in a pool of the same size.
+        # host tree, held there and demoted from the GPU, as the server's tier does it
+        # (eval/sim/hicache_tier.py): prefixes it shares with other paths (a role prompt) are
+        # stored once. Without HiCache the offload tier keeps copies of its own in a pool of the
+        # same size (eval/sim/host_tier.py).
         self.hicache = SimHiCache(self.host_pool_tokens) if policy.hicache else None
-        self.host = SimHostTier(self.host_pool_tokens, cost, self.clock, self.links, loader=self._load_prefix,
-                                host_tree=self.hicache, key_of=self.session_keys.get) if policy.offload else None
+        self.host = None
+        if policy.offload and self.hicache is not None:
+            self.host = SimHiCacheTier(self.hicache, self.host_pool_tokens, cost, self.clock, self.links,
+                                       key_of=self.session_keys.get, demote=self._demote_session, load=self._load_prefix)
+        elif policy.offload:
+            self.host = SimHostTier(self.host_pool_tokens, cost, self.clock, self.links)
         # A fixed TTL: no memory price, so the declared duration is always taken as the TTL.
         defaults = AgentServerArgs()
         args = agent_args or AgentServerArgs(
@@ -215,8 +222,14 @@ class Simulator:
         heapq.heappush(self.events, (time_s, next(self.seq), program_index, turn))
 
     def _next_event_s(self) -> Optional[float]:
+        """The next arrival, or sooner the host tier's next due copy (the server's scheduler polls
+        it every step, idle or not: time must not jump past a planned prefetch)."""
         events = self.cluster.events if self.cluster is not None else self.events
-        return events[0][0] if events else None
+        next_s = events[0][0] if events else None
+        due_s = self.host.next_due_s() if self.host is not None else None
+        if due_s is not None and due_s > self.now and (next_s is None or due_s < next_s):
+            return due_s
+        return next_s
 
     def _load(self) -> LoadSnapshot:
         return LoadSnapshot(len(self.waiting), sum(len(r.key) for r in self.waiting))
@@ -351,6 +364,8 @@ class Simulator:
                 self.cache.unlock(lock)
                 break  # head of line waits for memory
             self.waiting.pop(0)
+            if self.host is not None:
+                self.host.admitted(session)
             req.node, req.lock, req.gpu_cached = node, lock, cached
             req.slots = self.allocator.alloc(need)
             if hicache_reload:
@@ -493,6 +508,23 @@ class Simulator:
         self.prefix_loads.append((key[:host_tokens], gpu_tokens, self.links.h2d.submit(self.now, tokens)))
         return tokens
 
+    def _demote_session(self, session_id: str) -> int:
+        """The server's offload on the GPU side (AgentRadixCache.offload_session): the session's
+        path leaves the GPU now, deepest node first, its host copy held in HiCache's tree; a node
+        a running request locks, or with other GPU nodes under it, stays, and so do its ancestors.
+        Returns GPU tokens freed. (The simulated GPU tree has no host tier of its own: a demoted
+        node is evicted from it, its copy lives in eval/sim/hicache.py.)"""
+        tracker = {component: 0 for component in self.cache.tree_components}
+        node = self.cache.last_node(session_id)
+        root = self.cache.tree_core.root_node
+        while node is not None and node is not root:
+            parent = node.parent
+            if node.lock_ref > 0 or not upstream.is_device_leaf(self.cache.tree_core, node):
+                break
+            self.cache._evict_device_leaf(node.id, tracker)  # upstream's eviction of one leaf
+            node = parent
+        return sum(tracker.values())
+
     def _prefix_loads_under(self, key: array, cached: int) -> list[Transfer]:
         """Prefetches still in flight whose tokens are part of the `cached` prefix of `key`."""
         self.prefix_loads = [entry for entry in self.prefix_loads if entry[2].end_s > self.now]
@@ -512,7 +544,7 @@ class Simulator:
                     if self.waiting:
                         raise RuntimeError(f"deadlock: {len(self.waiting)} requests cannot fit a {self.pool_tokens}-token pool")
                     break
-                self.now = max(self.now, self.events[0][0])
+                self.now = max(self.now, self._next_event_s())
                 continue
             self._step(admitted)
         return self.result()
