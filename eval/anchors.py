@@ -161,7 +161,7 @@ def plot(rows: list[Row], path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(11, 0.32 * len(rows) + 1.5))
+    fig, ax = plt.subplots(figsize=(14, 0.32 * len(rows) + 1.5))
     labels = [f"{r.anchor}: {r.policy} vs {r.baseline} | {r.setting}" for r in rows]
     ax.barh(range(len(rows)), [r.ratio for r in rows], color=["C0" if r.policy == "ours" else "C7" for r in rows])
     for y, r in enumerate(rows):
@@ -172,7 +172,7 @@ def plot(rows: list[Row], path: Path) -> Path:
     ax.invert_yaxis()
     ax.set_xlabel("baseline avg JCT / compared policy's (red: the paper's number or range)")
     ax.set_title("The anchors' own settings in the simulator")
-    fig.tight_layout()
+    fig.subplots_adjust(left=0.48, right=0.98, top=0.97, bottom=0.05)  # room for the long labels
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path

@@ -99,9 +99,9 @@ def report(points: list[Point], kvflow_rows) -> list[dict]:
                          "hicache_jct_s": at.hicache_jct_s, "ours_jct_s": at.ours_jct_s, "ratio": at.ratio,
                          "goal": TARGET_AT_SATURATION, "met": met})
         met = worst.ratio >= TARGET_EVERYWHERE
-        print(f"  {name}: worst load {worst.rate_per_s:g}/s: ours {worst.ratio:.2f}x "
+        print(f"  {name}: worst load {worst.rate_per_s:g}/s: ours {worst.ratio:.3f}x "
               f"(target >= {TARGET_EVERYWHERE}x at every load: {'met' if met else 'NOT met'}); all loads: "
-              + ", ".join(f"{p.rate_per_s:g}/s {p.ratio:.2f}x" for p in mine))
+              + ", ".join(f"{p.rate_per_s:g}/s {p.ratio:.3f}x" for p in mine))
         rows.append({"target": "minimum over loads", "workload": name, "rate_per_s": worst.rate_per_s,
                      "hicache_jct_s": worst.hicache_jct_s, "ours_jct_s": worst.ours_jct_s, "ratio": worst.ratio,
                      "goal": TARGET_EVERYWHERE, "met": met})
