@@ -9,6 +9,12 @@ Figures (PNG) and their data (CSV) go to eval/results/. Workloads: BFCL v4 multi
 (real, from the bfcl-eval package), synthetic coding-agent programs and synthetic multi-agent workflows,
 sequential and DAG (eval/traces/synthetic.py), on the Llama-3.1-8B / H100 cost profile unless --profile says otherwise. Every policy runs on
 the same AgentRadixCache and AgentController code as the server.
+
+Bélády's offline optimum (`belady`, `belady+hicache`: eval/sim/belady.py) runs beside the
+policies of every load sweep (sweep.csv, workflow.csv, workflows.csv), dashed in the plots; not
+in hints.csv (it gives no hints: it reads the trace) nor workers.csv (a cluster routes each turn
+at run time, and a per-worker oracle would need to know where each future turn will go).
+eval/bench_belady.py prints every policy's ratio to it, like for like.
 """
 
 from __future__ import annotations
@@ -131,8 +137,8 @@ def plot_workflows(rows, out: Path) -> Path:
         for policy in DAG_POLICIES:
             points = sorted((r["rate_per_s"], r["avg_jct_s"], r["role_prefix_hit_rate"]) for r in rows
                             if r["workload"] == name and r["policy"] == policy)
-            jct_ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=policy)
-            hit_ax.plot([p[0] for p in points], [p[2] for p in points], marker="o", label=policy)
+            jct_ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=policy, **_style(policy))
+            hit_ax.plot([p[0] for p in points], [p[2] for p in points], marker="o", label=policy, **_style(policy))
         jct_ax.set_ylabel("average workflow JCT (s)")
         jct_ax.set_yscale("log")
         hit_ax.set_ylabel("role-prefix hit rate (GPU)")
@@ -196,8 +202,8 @@ def plot_workflow(rows, out: Path) -> Path:
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for name in WORKFLOW_POLICIES:
         points = sorted((r["rate_per_s"], r["avg_jct_s"], r["hit_rate_after_tool"]) for r in rows if r["policy"] == name)
-        axes[0].plot([p[0] for p in points], [p[1] for p in points], marker="o", label=name)
-        axes[1].plot([p[0] for p in points], [p[2] for p in points], marker="o", label=name)
+        axes[0].plot([p[0] for p in points], [p[1] for p in points], marker="o", label=name, **_style(name))
+        axes[1].plot([p[0] for p in points], [p[2] for p in points], marker="o", label=name, **_style(name))
     axes[0].set_ylabel("average JCT (s)")
     axes[1].set_ylabel("turns whose agent prompt was cached")
     for ax in axes:
@@ -206,6 +212,11 @@ def plot_workflow(rows, out: Path) -> Path:
     axes[0].set_title(f"multi-agent workflows, {WORKFLOW_POOL_TOKENS // 1000}k-token KV pool")
     axes[0].legend()
     return _save(fig, out / "workflow.png")
+
+
+def _style(policy: str) -> dict:
+    """Bélády's offline bound (eval/sim/belady.py) dashed: a yardstick, not a system."""
+    return {"linestyle": "--"} if policy.startswith("belady") else {}
 
 
 def _save(fig, path: Path) -> Path:
@@ -235,7 +246,7 @@ def _plot_metric(rows, metric: str, ylabel: str, path: Path, title: str) -> None
     for ax, name in zip(axes[0], names):
         for policy in POLICIES:
             points = sorted((r["rate_per_s"], r[metric]) for r in rows if r["workload"] == name and r["policy"] == policy)
-            ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=policy)
+            ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=policy, **_style(policy))
         ax.set_title(f"{name}: {title}")
         ax.set_xlabel("program arrival rate (1/s)")
         ax.set_ylabel(ylabel)

@@ -34,6 +34,7 @@ from eval.sim.hicache_tier import SimHiCacheTier
 from eval.sim.host_tier import SimHostTier
 from eval.sim.layerwise import prefill_end_s
 from eval.sim.link import HostLinks, Transfer
+from eval.sim.memory_use import running_kv_tokens
 from eval.sim.policies import PolicySpec, infercept_preserve
 from eval.traces.format import Program
 from sglang_agent import upstream
@@ -140,6 +141,9 @@ class SimResult:
     makespan_s: float
     decisions: list[tuple] = field(default_factory=list)  # (time, program, turn, event, value)
     links: dict = field(default_factory=dict)  # host link use (eval/sim/link.py HostLinks.summary)
+    running_kv_token_s: float = 0.0  # integral over time of the KV running requests hold (memory_use.py)
+    reserved_idle_token_s: float = 0.0  # held for critical agents, unused, while others waited
+    pool_tokens: int = 0
 
 
 class Simulator:
@@ -167,6 +171,8 @@ class Simulator:
         self.events: list[tuple[float, int, int, int]] = []  # (time, seq, program index, turn)
         self.seq = itertools.count()
         self.decisions: list[tuple] = []
+        self.running_kv_token_s = 0.0
+        self.reserved_idle_token_s = 0.0
         self.tool_mean_s: dict[str, tuple[float, int]] = {}  # infercept's profiled durations
         self.infercept_pins: set[str] = set()
         self.host_pool_tokens = policy.host_pool_tokens or int(policy.host_ratio * self.pool_tokens)
@@ -195,6 +201,7 @@ class Simulator:
             memory_cost_scale=0.0 if policy.fixed_ttl_s is not None else defaults.memory_cost_scale,
             max_ttl_s=max(defaults.max_ttl_s, policy.fixed_ttl_s or 0.0),
             pin_mode=policy.pin_mode,
+            reserve_fraction=policy.reserve_fraction,
         )
         self.backend = build_backend(self.pool_tokens, args, clock=self.clock,
                                      host_tier_factory=(lambda cache: self.host) if self.host else None,
@@ -293,6 +300,7 @@ class Simulator:
                 step = (WorkflowStep(program.program_id, agent) if hints == "declared" else
                         WorkflowStep(program.program_id, agent, session_id=session, role=agent))
             self.controller.bind(rid, InlineAgentHint(session, workflow_step=step))
+            self.controller.request_entered(rid)  # the scheduler has it (how long it waits is counted)
         if session in self.infercept_pins:
             self.cache.unpin(session)
             self.infercept_pins.discard(session)
@@ -320,6 +328,15 @@ class Simulator:
     # ---- scheduling --------------------------------------------------------------------------
     def _order_key(self, req: _Request):
         state = self.programs[req.program_index]
+        if self._reserving:  # critical-path agents first (patches/admission_reservation.py)
+            return (self.controller.queue_rank(req.rid), *self._base_order_key(req, state))
+        return self._base_order_key(req, state)
+
+    @property
+    def _reserving(self) -> bool:
+        return self.controller is not None and self.controller.reservation.enabled
+
+    def _base_order_key(self, req: _Request, state: _ProgramState):
         if self.policy.order == "program_fcfs":
             return (state.program.arrival_s, req.record.arrival_s)
         if self.policy.order == "plas":
@@ -330,6 +347,11 @@ class Simulator:
         self.waiting.sort(key=self._order_key)
         budget = self.cost.max_prefill_tokens
         admitted = []
+        if self._reserving:
+            # What the critical requests waiting need: the part of their prompt no earlier turn left.
+            self.controller.begin_admission_round(sum(
+                len(r.key) - r.record.previous_context_tokens + len(r.output_tokens)
+                for r in self.waiting if self.controller.is_critical_request(r.rid)))
         while self.waiting:
             req = self.waiting[0]
             cached, node = 0, self.cache.tree_core.root_node.id
@@ -351,6 +373,9 @@ class Simulator:
                 break  # the prefill budget is spent for this iteration
             need = new_tokens + reload + len(req.output_tokens)
             lock = self.cache.lock(node) if cached else None
+            if self._reserving and not self.controller.may_admit(req.rid, need, self.cache.free_tokens()):
+                self.cache.unlock(lock)
+                break  # off the critical path: the rest of memory is held for critical agents
             short = need - self.allocator.available_size()
             if short > 0 and not admitted and not self.running and short > self.cache.evictable_size():
                 # Nothing running will free memory: pins closest to expiry give way (no deadlock).
@@ -378,6 +403,8 @@ class Simulator:
             req.record.cached_tokens = cached + reload
             req.record.gpu_cached_tokens = cached
             req.record.admitted_s = self.now
+            if self._reserving:
+                self.controller.admitted(req.rid, need)
             budget -= new_tokens
             admitted.append(req)
         return admitted
@@ -580,7 +607,9 @@ class Simulator:
         makespan = max((p.finish_s for p in finish.values()), default=0.0)
         first_arrival = min((p.arrival_s for p in finish.values()), default=0.0)
         links = self.links.summary(makespan - first_arrival) if self.links is not None else {}
-        return SimResult(self.policy.name, list(finish.values()), makespan, self.decisions, links)
+        return SimResult(self.policy.name, list(finish.values()), makespan, self.decisions, links,
+                         running_kv_token_s=self.running_kv_token_s, pool_tokens=self.pool_tokens,
+                         reserved_idle_token_s=self.reserved_idle_token_s)
 
     def _step(self, admitted: list[_Request]) -> None:
         compute_s = sum(self.cost.prefill_s(len(r.key) - r.record.cached_tokens, r.record.cached_tokens) for r in admitted)
@@ -603,6 +632,10 @@ class Simulator:
         context = sum(len(r.key) + r.produced for r in decoding)
         decode_s = self.cost.decode_step_s(len(decoding), context + len(decoding) * (steps - 1) / 2) * steps
         elapsed = prefill_s + decode_s + self.cost.iteration_overhead_s * steps
+        self.running_kv_token_s += running_kv_tokens(self.cache.tree_core, decoding + admitted) * elapsed
+        if self._reserving and self.waiting:
+            # Held for critical agents that did not take it while others waited (TokenCake's waste).
+            self.reserved_idle_token_s += self.controller.reservation.held * elapsed
         self.now += elapsed
         self.backend.tick(self.now)
         for r in admitted:
@@ -631,4 +664,8 @@ class _FinishedReq:
 
 
 def simulate(programs: list[Program], cost: CostModel, policy: PolicySpec, **kwargs) -> SimResult:
+    if policy.eviction == "belady":  # the same engine, victims chosen from the trace's future
+        from eval.sim.belady import BeladySimulator
+
+        return BeladySimulator(programs, cost, policy, **kwargs).run()
     return Simulator(programs, cost, policy, **kwargs).run()

@@ -23,12 +23,17 @@
   SGLang's default 2x (`--hicache-ratio`); every other policy with a host tier gets 2x.
 - ours: continuum + TokenCake-style offload to a modelled host tier during long tool calls
   (policy/temporal.py) + the declared step graph when the trace has one, on top of HiCache
-  (the server's host tier is SGLang's HiCache, so every prefix also has a host copy).
+  (the server's host tier is SGLang's HiCache, so every prefix also has a host copy), with the
+  server's defaults (no critical-path reservation).
+  ours-reserve: the same with `--agent-reserve-fraction 0.3` (TokenCake's maximum share); the
+  issue's "ours-no-reserve" is `ours`.
 - kvflow (workflow programs): KVFlow (arXiv 2507.07400) steps-to-execution eviction from the
   declared schedule alone.
 - DAG workflows (DAG_POLICIES): ours with the declared agent graph, ours-learned (no declaration:
   each agent's first step names its session and role, the controller learns the graph online,
   policy/learned_graph.py), ours-nohint (sessions and tool calls only, no workflow hints).
+- belady, belady+hicache: Bélády's offline optimum (eval/sim/belady.py) as the victim choice, the
+  rest sglang-lru's (GPU tier alone) or sglang-hicache's (the same host tier and budget).
 """
 
 from __future__ import annotations
@@ -58,6 +63,10 @@ class PolicySpec:
     # count against the same host pool (eval/sim/hicache.py), as in the server.
     host_pool_tokens: Optional[int] = None
     host_ratio: float = 2.0  # host pool = ratio x device pool when host_pool_tokens is None
+    # Critical-path reservation (TokenCake's spatial scheduler): the most of the pool held for the
+    # agents on a workflow's critical path (--agent-reserve-fraction; 0 = off).
+    reserve_fraction: float = 0.0
+    eviction: str = "tree"  # tree: the cache's own order | belady: the offline optimum (eval/sim/belady.py)
 
 
 POLICIES: dict[str, PolicySpec] = {
@@ -74,6 +83,10 @@ POLICIES: dict[str, PolicySpec] = {
 # A larger host than SGLang's default (8x the device pool instead of 2x), baseline and ours alike.
 POLICIES["sglang-hicache-8x"] = replace(POLICIES["sglang-hicache"], name="sglang-hicache-8x", host_ratio=8.0)
 POLICIES["ours-8x"] = replace(POLICIES["ours"], name="ours-8x", host_ratio=8.0)
+# Bélády's offline optimum (victim: the leaf the trace needs last) under sglang-lru's admission,
+# on the GPU tier alone and over sglang-hicache's host tier (same host budget).
+POLICIES["belady"] = PolicySpec("belady", eviction="belady")
+POLICIES["belady+hicache"] = replace(POLICIES["sglang-hicache"], name="belady+hicache", eviction="belady")
 # Multi-agent workflows: KVFlow's steps-to-execution eviction alone and with TTL pins.
 WORKFLOW_POLICIES: dict[str, PolicySpec] = {
     "sglang-lru": POLICIES["sglang-lru"],
@@ -81,15 +94,20 @@ WORKFLOW_POLICIES: dict[str, PolicySpec] = {
     "kvflow": PolicySpec("kvflow", workflow=True),
     "continuum": POLICIES["continuum"],
     "ours": POLICIES["ours"],
+    "belady": POLICIES["belady"],
+    "belady+hicache": POLICIES["belady+hicache"],
 }
 # DAG workflows (parallel agents, AND-joins): how much the controller needs to be told.
 DAG_POLICIES: dict[str, PolicySpec] = {
     "ours": POLICIES["ours"],
     "ours-learned": replace(POLICIES["ours"], name="ours-learned", workflow_hints="learned"),
     "ours-nohint": replace(POLICIES["ours"], name="ours-nohint", workflow_hints="none"),
+    "ours-reserve": replace(POLICIES["ours"], name="ours-reserve", reserve_fraction=0.3),
     "sglang-lru": POLICIES["sglang-lru"],
     "sglang-hicache": POLICIES["sglang-hicache"],
     "kvflow": WORKFLOW_POLICIES["kvflow"],
+    "belady": POLICIES["belady"],
+    "belady+hicache": POLICIES["belady+hicache"],
 }
 
 
