@@ -9,8 +9,9 @@
   (OTHER, not NO_TOKEN: the running batch is not marked full, so a critical request arriving next
   step is admitted at once). Off (no hook does anything) with --agent-reserve-fraction 0."""
 
-from sglang.srt.plugins.hook_registry import HookRegistry, HookType
+from sglang.srt.plugins.hook_registry import HookType
 
+from sglang_agent.patches.contained import register_hook
 from sglang_agent.patches._version import check_sglang_version
 
 PRIORITY = "sglang.srt.managers.schedule_policy.SchedulePolicy.calc_priority"
@@ -55,5 +56,5 @@ def _around_add_one_req(original, adder, req, *args, **kwargs):
 
 def register() -> None:
     check_sglang_version()
-    HookRegistry.register(PRIORITY, _after_calc_priority, HookType.AFTER)
-    HookRegistry.register(ADD, _around_add_one_req, HookType.AROUND)
+    register_hook(PRIORITY, _after_calc_priority, HookType.AFTER)
+    register_hook(ADD, _around_add_one_req, HookType.AROUND)

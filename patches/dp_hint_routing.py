@@ -2,8 +2,9 @@
 one DP rank: its hints go only there (the rank its requests are routed to by `routed_dp_rank`);
 hints about no session (stats, workflows) go to every rank."""
 
-from sglang.srt.plugins.hook_registry import HookRegistry, HookType
+from sglang.srt.plugins.hook_registry import HookType
 
+from sglang_agent.patches.contained import register_hook
 from sglang_agent.patches._version import check_sglang_version
 
 TARGET = "sglang.srt.managers.data_parallel_controller.DataParallelController.init_dispatcher"
@@ -28,4 +29,4 @@ def _after_init_dispatcher(result, controller, *args, **kwargs):
 
 def register() -> None:
     check_sglang_version()
-    HookRegistry.register(TARGET, _after_init_dispatcher, HookType.AFTER)
+    register_hook(TARGET, _after_init_dispatcher, HookType.AFTER)

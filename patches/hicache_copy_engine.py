@@ -5,9 +5,10 @@ kernel`; any other pool, layout or io backend, and the default engine, go to ups
 (sglang_agent/cache/host_copy.py decides). A failure of ours is counted, turns our engine off for
 that pool, and the copy is redone by upstream's."""
 
-from sglang.srt.plugins.hook_registry import HookRegistry, HookType
+from sglang.srt.plugins.hook_registry import HookType
 
 from sglang_agent.patches.backend_ref import PROCESS, of_scheduler
+from sglang_agent.patches.contained import register_hook
 from sglang_agent.patches._version import check_sglang_version
 
 POOL = "sglang.srt.mem_cache.pool_host.mha.MHATokenToKVPoolHost"
@@ -52,5 +53,5 @@ def _around_load(original, pool, device_pool, host_indices, device_indices, laye
 
 def register() -> None:
     check_sglang_version()
-    HookRegistry.register(f"{POOL}.backup_from_device_all_layer", _around_backup, HookType.AROUND)
-    HookRegistry.register(f"{POOL}.load_to_device_per_layer", _around_load, HookType.AROUND)
+    register_hook(f"{POOL}.backup_from_device_all_layer", _around_backup, HookType.AROUND)
+    register_hook(f"{POOL}.load_to_device_per_layer", _around_load, HookType.AROUND)

@@ -5,8 +5,9 @@ all the CPU server (and CI) needs. With CUDA, upstream runs unchanged."""
 
 import logging
 
-from sglang.srt.plugins.hook_registry import HookRegistry, HookType
+from sglang.srt.plugins.hook_registry import HookType
 
+from sglang_agent.patches.contained import register_hook
 from sglang_agent.patches._version import check_sglang_version
 
 TARGET = "sglang.srt.mem_cache.pool_host.common._cuda_host_register"
@@ -25,4 +26,4 @@ def _around_register(original, buffer, *args, **kwargs):
 
 def register() -> None:
     check_sglang_version()
-    HookRegistry.register(TARGET, _around_register, HookType.AROUND)
+    register_hook(TARGET, _around_register, HookType.AROUND)

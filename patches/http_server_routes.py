@@ -3,8 +3,9 @@ the inline-hint middleware to SGLang's FastAPI app before it starts serving."""
 
 import multiprocessing
 
-from sglang.srt.plugins.hook_registry import HookRegistry, HookType
+from sglang.srt.plugins.hook_registry import HookType
 
+from sglang_agent.patches.contained import register_hook
 from sglang_agent.patches._version import check_sglang_version
 
 TARGET = "sglang.srt.entrypoints.http_server.launch_server"
@@ -25,4 +26,4 @@ def register() -> None:
     check_sglang_version()
     # Only the process that serves HTTP imports the server module for this hook.
     if multiprocessing.current_process().name == "MainProcess":
-        HookRegistry.register(TARGET, _before_launch_server, HookType.BEFORE)
+        register_hook(TARGET, _before_launch_server, HookType.BEFORE)

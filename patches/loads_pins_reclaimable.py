@@ -6,8 +6,9 @@ sessions, their resumed turns included, to another worker, where they missed the
 admission when nothing else can free memory; what `/agent/stats` reports (pinned_tokens) is
 unchanged, and so are the scheduler's own decisions (this changes only the snapshot)."""
 
-from sglang.srt.plugins.hook_registry import HookRegistry, HookType
+from sglang.srt.plugins.hook_registry import HookType
 
+from sglang_agent.patches.contained import register_hook
 from sglang_agent.patches._version import check_sglang_version
 
 TARGET = "sglang.srt.managers.scheduler_components.load_inquirer.SchedulerLoadInquirer.get_loads"
@@ -30,4 +31,4 @@ def _after_get_loads(snapshot, inquirer, *args, **kwargs):
 
 def register() -> None:
     check_sglang_version()
-    HookRegistry.register(TARGET, _after_get_loads, HookType.AFTER)
+    register_hook(TARGET, _after_get_loads, HookType.AFTER)

@@ -1,8 +1,9 @@
 """Hook: SchedulePolicy.calc_priority (AFTER) — program-level FCFS. Under the fcfs policy a
 resumed agent turn is ordered by its program's first arrival (policy/program_fcfs.py)."""
 
-from sglang.srt.plugins.hook_registry import HookRegistry, HookType
+from sglang.srt.plugins.hook_registry import HookType
 
+from sglang_agent.patches.contained import register_hook
 from sglang_agent.patches._version import check_sglang_version
 
 TARGET = "sglang.srt.managers.schedule_policy.SchedulePolicy.calc_priority"
@@ -25,4 +26,4 @@ def _after_calc_priority(result, policy, waiting_queue, *args, **kwargs):
 
 def register() -> None:
     check_sglang_version()
-    HookRegistry.register(TARGET, _after_calc_priority, HookType.AFTER)
+    register_hook(TARGET, _after_calc_priority, HookType.AFTER)

@@ -2,9 +2,10 @@
 the running batch's next decode step does not fit, pins give way (closest to expiry first, counted
 as displaced) before SGLang's own path would retract requests or abort the last one."""
 
-from sglang.srt.plugins.hook_registry import HookRegistry, HookType
+from sglang.srt.plugins.hook_registry import HookType
 
 from sglang_agent.patches.backend_ref import PROCESS, of_scheduler
+from sglang_agent.patches.contained import register_hook
 from sglang_agent.patches._version import check_sglang_version
 
 TARGET = "sglang.srt.managers.scheduler.Scheduler.update_running_batch"
@@ -19,4 +20,4 @@ def _around_update_running_batch(original, scheduler, batch, *args, **kwargs):
 
 def register() -> None:
     check_sglang_version()
-    HookRegistry.register(TARGET, _around_update_running_batch, HookType.AROUND)
+    register_hook(TARGET, _around_update_running_batch, HookType.AROUND)

@@ -4,9 +4,10 @@ and give the controller the scheduler's load."""
 
 import json
 
-from sglang.srt.plugins.hook_registry import HookRegistry, HookType
+from sglang.srt.plugins.hook_registry import HookType
 
 from sglang_agent.patches.backend_ref import PROCESS, of_scheduler
+from sglang_agent.patches.contained import register_hook
 from sglang_agent.patches._version import check_sglang_version
 
 TARGET = "sglang.srt.managers.scheduler.Scheduler.init_request_dispatcher"
@@ -49,4 +50,4 @@ def _handle_hint(backend, req):
 
 def register() -> None:
     check_sglang_version()
-    HookRegistry.register(TARGET, _after_init_request_dispatcher, HookType.AFTER)
+    register_hook(TARGET, _after_init_request_dispatcher, HookType.AFTER)

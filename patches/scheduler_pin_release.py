@@ -9,9 +9,10 @@ requests wait:
   is no longer marked full, so the next step admits it (upstream would have evicted that memory
   for it at once)."""
 
-from sglang.srt.plugins.hook_registry import HookRegistry, HookType
+from sglang.srt.plugins.hook_registry import HookType
 
 from sglang_agent.patches.backend_ref import PROCESS, of_scheduler
+from sglang_agent.patches.contained import register_hook
 from sglang_agent.patches._version import check_sglang_version
 
 TARGET = "sglang.srt.managers.scheduler.Scheduler.get_new_batch_prefill"
@@ -23,8 +24,9 @@ def running_reserve_tokens(scheduler, batch) -> int:
     from sglang.srt.managers.schedule_policy import CLIP_MAX_NEW_TOKENS
 
     total = 0.0
+    estimate = scheduler.new_token_ratio_tracker.current
     for req in batch.reqs:
-        ratio = 1.0 if req.sampling_params.ignore_eos else scheduler.new_token_ratio
+        ratio = 1.0 if req.sampling_params.ignore_eos else estimate
         total += min(max(req.sampling_params.max_new_tokens - len(req.output_ids), 0), CLIP_MAX_NEW_TOKENS) * ratio
     return int(total)
 
@@ -52,4 +54,4 @@ def _after_get_new_batch_prefill(plan, scheduler, *args, **kwargs):
 
 def register() -> None:
     check_sglang_version()
-    HookRegistry.register(TARGET, _after_get_new_batch_prefill, HookType.AFTER)
+    register_hook(TARGET, _after_get_new_batch_prefill, HookType.AFTER)

@@ -7,9 +7,10 @@ scheduler ends it exactly once in the controller (the other exits are the tree c
 - Scheduler.send_abort_output (AFTER): the scheduler ended a request outside the output stream
   (aborted while queued, rejected by the queue limit, aborted at retraction)."""
 
-from sglang.srt.plugins.hook_registry import HookRegistry, HookType
+from sglang.srt.plugins.hook_registry import HookType
 
 from sglang_agent.patches.backend_ref import PROCESS, of_scheduler
+from sglang_agent.patches.contained import register_hook
 from sglang_agent.patches._version import check_sglang_version
 
 ENTER = "sglang.srt.managers.scheduler.Scheduler.handle_generate_request"
@@ -32,5 +33,5 @@ def _after_send_abort_output(result, scheduler, abort_req, req, *args, **kwargs)
 
 def register() -> None:
     check_sglang_version()
-    HookRegistry.register(ENTER, _after_handle_generate_request, HookType.AFTER)
-    HookRegistry.register(ABORT, _after_send_abort_output, HookType.AFTER)
+    register_hook(ENTER, _after_handle_generate_request, HookType.AFTER)
+    register_hook(ABORT, _after_send_abort_output, HookType.AFTER)

@@ -9,9 +9,10 @@ same value on every TP rank:
 
 import time
 
-from sglang.srt.plugins.hook_registry import HookRegistry, HookType
+from sglang.srt.plugins.hook_registry import HookType
 
 from sglang_agent.patches.backend_ref import PROCESS, of_scheduler
+from sglang_agent.patches.contained import register_hook
 from sglang_agent.patches._version import check_sglang_version
 
 POLL = "sglang.srt.managers.scheduler.Scheduler._poll_timeout_aborts"
@@ -42,5 +43,5 @@ def _after_recv_requests(result, receiver, *args, **kwargs):
 
 def register() -> None:
     check_sglang_version()
-    HookRegistry.register(POLL, _after_poll_timeout_aborts, HookType.AFTER)
-    HookRegistry.register(RECV, _after_recv_requests, HookType.AFTER)
+    register_hook(POLL, _after_poll_timeout_aborts, HookType.AFTER)
+    register_hook(RECV, _after_recv_requests, HookType.AFTER)

@@ -1,8 +1,9 @@
 """Hook: TokenizerManager.init_communicators (AFTER) — add `agent_hint_channel`, the HTTP process's
 end of the hint channel (many hints in flight, answers matched by id; server/http_api.py)."""
 
-from sglang.srt.plugins.hook_registry import HookRegistry, HookType
+from sglang.srt.plugins.hook_registry import HookType
 
+from sglang_agent.patches.contained import register_hook
 from sglang_agent.patches._version import check_sglang_version
 
 TARGET = "sglang.srt.managers.tokenizer_manager.TokenizerManager.init_communicators"
@@ -19,4 +20,4 @@ def _after_init_communicators(result, tokenizer_manager, *args, **kwargs):
 
 def register() -> None:
     check_sglang_version()
-    HookRegistry.register(TARGET, _after_init_communicators, HookType.AFTER)
+    register_hook(TARGET, _after_init_communicators, HookType.AFTER)

@@ -99,6 +99,13 @@ class AgentBackend(RequestListener):
                 pass
         self.disabled = True
 
+    def hook_failed(self, name: str, error: Exception) -> None:
+        """A hook in patches/ raised (patches/contained.py): counted and logged as our own error."""
+        try:
+            self._internal_error(name, error, None)
+        except Exception:
+            logger.exception("sglang-agent: reporting a failed hook failed too")
+
     def guarded(self, name: str, fallback: Any = None) -> Callable:
         """Decorator form of the guard for hooks (patches/)."""
         def wrap(fn):

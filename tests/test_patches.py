@@ -34,6 +34,18 @@ def test_plugin_load_registers_backend_and_ipc_types(monkeypatch):
     assert AgentHintReqOutput in io_struct._all_types
 
 
+def test_plugin_load_with_agent_enabled_registers_every_hook_contained(monkeypatch):
+    from sglang.srt.plugins.hook_registry import HookRegistry
+
+    seen = []
+    monkeypatch.setattr(HookRegistry, "register", lambda target, hook, hook_type: seen.append((target, hook)))
+    monkeypatch.setenv("SGLANG_AGENT_ENABLE", "1")
+    load()
+    targets = [t for t, _ in seen]
+    assert "sglang.srt.managers.scheduler.Scheduler.get_new_batch_prefill" in targets and len(targets) >= 15
+    assert all(getattr(hook, "__wrapped__", hook) is not hook for _, hook in seen)  # contained wrappers
+
+
 def _req(rid, arrival):
     return SimpleNamespace(rid=rid, time_stats=SimpleNamespace(wait_queue_entry_time=arrival))
 
@@ -66,7 +78,11 @@ def test_hard_pins_give_way_at_once_when_nothing_runs_and_after_the_stall_bound_
     cache.agent_backend = SimpleNamespace(
         make_room_for_admission=lambda fits: asked.append(fits()),
         unblock_stalled_head=lambda rid, need, reserve: stalled.append((rid, need, reserve)) or ["s1"])
-    scheduler = SimpleNamespace(tree_cache=cache, waiting_queue=[head], chunked_req=None, new_token_ratio=0.5)
+    # SGLang's own tracker, so a rename upstream fails here and not in a running scheduler.
+    from sglang.srt.managers.scheduler_components.new_token_ratio_tracker import NewTokenRatioTracker
+
+    scheduler = SimpleNamespace(tree_cache=cache, waiting_queue=[head], chunked_req=None,
+                                new_token_ratio_tracker=NewTokenRatioTracker(init=0.5, min=0.1, decay=0.01, current=0.5))
     idle = SimpleNamespace(batch_to_run=None, running_batch=SimpleNamespace(is_empty=lambda: True))
     runner = SimpleNamespace(output_ids=[0] * 10, sampling_params=SimpleNamespace(max_new_tokens=50, ignore_eos=False))
     fixed = SimpleNamespace(output_ids=[], sampling_params=SimpleNamespace(max_new_tokens=8, ignore_eos=True))
@@ -151,3 +167,74 @@ def test_step_ticks_ride_the_inputs_and_are_taken_out_before_sglang_sees_them():
         assert ticks == [local[0].now_s]
     finally:
         PROCESS["backend"] = None
+
+
+# ---- no exception of ours reaches the scheduler ---------------------------------------------------
+
+def _failing(*args, **kwargs):
+    raise AttributeError("'Scheduler' object has no attribute 'renamed_upstream_field'")
+
+
+def test_a_failing_hook_is_contained_reported_and_sglang_goes_on():
+    from sglang.srt.plugins.hook_registry import HookType
+
+    from sglang_agent.backend import MAX_CONSECUTIVE_FAILURES, build_backend
+    from sglang_agent.config import AgentServerArgs
+    from sglang_agent.patches import contained
+    from sglang_agent.patches.backend_ref import PROCESS
+
+    backend = build_backend(160, AgentServerArgs())
+    PROCESS["backend"] = backend
+    try:
+        # AFTER: upstream's result stands.
+        after = contained.contain(_failing, HookType.AFTER, "hook:after")
+        assert after("upstream result", object()) == "upstream result"
+        # BEFORE: the call goes on with its own arguments.
+        assert contained.contain(_failing, HookType.BEFORE, "hook:before")(object()) is None
+        # AROUND, failing before upstream: upstream runs as is.
+        calls = []
+        upstream = lambda owner, x: calls.append(x) or x * 2  # noqa: E731
+        around = contained.contain(lambda original, owner, x: _failing(), HookType.AROUND, "hook:around")
+        assert around(upstream, object(), 21) == 42 and calls == [21]
+        # AROUND, failing after upstream ran: its result, upstream not run twice.
+        late = contained.contain(lambda original, owner, x: (original(owner, x), _failing()), HookType.AROUND,
+                                 "hook:late")
+        assert late(upstream, object(), 5) == 10 and calls == [21, 5]
+        assert backend.controller.stats.internal_errors == 4 and not backend.disabled
+
+        # Upstream's own exception is SGLang's: it passes through, and is not counted as ours.
+        def upstream_fails(owner):
+            raise MemoryError("upstream OOM")
+        passthrough = contained.contain(lambda original, owner: original(owner), HookType.AROUND, "hook:pass")
+        with pytest.raises(MemoryError):
+            passthrough(upstream_fails, object())
+        assert backend.controller.stats.internal_errors == 4
+
+        # A hook failing at every step stops agent behaviour (served as upstream), never the server.
+        for _ in range(MAX_CONSECUTIVE_FAILURES):
+            after("result", object())
+        assert backend.disabled
+    finally:
+        PROCESS["backend"] = None
+
+
+def test_every_hook_is_registered_contained(monkeypatch):
+    import pathlib
+
+    from sglang.srt.plugins.hook_registry import HookRegistry, HookType
+
+    from sglang_agent.patches import contained
+
+    seen = []
+    monkeypatch.setattr(HookRegistry, "register", lambda target, hook, hook_type: seen.append((target, hook)))
+    contained.register_hook("pkg.mod.Class.method", _failing, HookType.AFTER)
+    assert len(seen) == 1 and seen[0][0] == "pkg.mod.Class.method"
+    assert seen[0][1]("upstream", object()) == "upstream"  # what SGLang gets is the contained hook
+
+    import sglang_agent.patches as patches
+
+    root = pathlib.Path(patches.__file__).parent
+    raw = [p.name for p in root.glob("*.py") if p.name != "contained.py" and "HookRegistry.register(" in p.read_text()]
+    assert raw == [], f"hooks registered without containment: {raw}"
+    registered = [p.name for p in root.glob("*.py") if "register_hook(" in p.read_text()]
+    assert len(registered) >= 12
