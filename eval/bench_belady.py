@@ -13,7 +13,7 @@ waiting-queue order and no hard pins, so that only the victim choice differs:
 - over the host tier (HiCache, the same host budget): sglang-hicache against `belady+hicache`,
   ours-soft (ours with soft pins, no reservation) against `belady-pfcfs+hicache`;
 - pins and the reservation change admission (a newcomer waits while a pin or the reservation
-  holds memory): continuum, ours-no-host and ours (as shipped: hard pins, reservation) are shown
+  holds memory): continuum, ours-no-host and ours (as shipped: hard pins, no reservation) are shown
   against the same bounds, and may beat them;
 - floor: sglang-lru on a pool that never evicts (compulsory misses: tokens no earlier turn left;
   its timing differs, so it is approximate); "excess" ratios count misses above it.

@@ -66,6 +66,9 @@ def summarize_dag(result: SimResult) -> dict:
         "role_prefix_hit_rate": (sum(min(t.gpu_cached_tokens, t.role_prefix_tokens) for t in counted) / role_tokens
                                  if role_tokens else float("nan")),
         "effective_memory_utilisation": result.running_kv_token_s / max(1e-9, result.pool_tokens * span),
+        # Memory the critical-path reservation held back from others while they waited and no
+        # critical request took it (TokenCake's idle reservation; 0 without a reservation).
+        "reserved_idle_token_s": result.reserved_idle_token_s,
     }
 
 
