@@ -273,3 +273,28 @@ def test_dag_metrics_by_hand():
     assert dag["role_prefix_hit_rate"] == pytest.approx((30 + 40) / (50 + 40))
     assert dag["recomputed_tokens"] == (100 + 20 + 20) + (50 + 0 + 50)
     assert dag["gpu_miss_tokens"] == (100 + 40 + 30) + (70 + 0 + 50)
+
+
+def test_a_dag_run_does_not_depend_on_python_hash_order():
+    """The same seed gives the same run whatever PYTHONHASHSEED is: no decision (eviction order,
+    the order prefetches queue on the link) may follow a set's iteration order."""
+    import os
+    import subprocess
+    import sys
+
+    script = (
+        "from eval.reproduce import DAG_POLICIES, DAG_POOL_TOKENS, dag_workloads\n"
+        "from eval.sim.cost_model import load_profile\n"
+        "from eval.sim.engine import simulate\n"
+        "from eval.traces.format import with_poisson_arrivals\n"
+        "rates, programs = dag_workloads(True)['dag']\n"
+        "r = simulate(with_poisson_arrivals(programs, 0.3, 0), load_profile('llama-3.1-8b-h100'), DAG_POLICIES['ours'],"
+        " pool_tokens=DAG_POOL_TOKENS)\n"
+        "print(repr(sorted((p.program_id, p.finish_s) for p in r.programs)))\n")
+    outputs = set()
+    for seed in ("1", "2", "3"):
+        env = {**os.environ, "PYTHONHASHSEED": seed}
+        run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=600)
+        assert run.returncode == 0, run.stderr[-2000:]
+        outputs.add(run.stdout.strip().splitlines()[-1])
+    assert len(outputs) == 1

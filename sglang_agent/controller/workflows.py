@@ -338,7 +338,7 @@ class WorkflowRegistry:
         """Each role's prefix needs the soonest steps of that role over the live workflows (None:
         no live workflow has the role, an ordinary prefix again)."""
         soonest = {}
-        for role in roles:
+        for role in sorted(roles):  # a fixed order: prefetches queue on the link in this order
             values = [self.steps[wf_id][agent] for wf_id, agent in self.role_members.get(role, ())]
             values += [self.predicted[wf_id][role] for wf_id in self.predicted_by_role.get(role, ())]
             soonest[role] = min((v for v in values if v is not None), default=None)
@@ -356,7 +356,7 @@ class WorkflowRegistry:
         no live workflow needs again ranks last (KVFlow: evicted first); one in no workflow any more
         is an ordinary node again (None: upstream's LRU order)."""
         per_session: dict[str, Optional[int]] = {}
-        for session_id in sessions:
+        for session_id in sorted(sessions):
             roles = self.session_roles.get(session_id)
             if not roles:
                 per_session[session_id] = None
