@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from typing import Callable
+from typing import Any, Callable
 
 from sglang.srt.plugins.hook_registry import HookRegistry, HookType
 
@@ -32,25 +32,22 @@ def report(name: str, error: Exception) -> None:
         logger.exception("sglang-agent: hook %s failed; SGLang goes on without it", name)
 
 
+def _with_fallback(fn: Callable, name: str, fallback: Callable[[tuple], Any]) -> Callable:
+    @functools.wraps(fn)
+    def call(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except Exception as e:
+            report(name, e)
+            return fallback(args)
+    return call
+
+
 def contain(fn: Callable, hook_type: HookType, name: str) -> Callable:
-    if hook_type == HookType.AFTER:
-        @functools.wraps(fn)
-        def after(result, *args, **kwargs):
-            try:
-                return fn(result, *args, **kwargs)
-            except Exception as e:
-                report(name, e)
-                return result
-        return after
-    if hook_type == HookType.BEFORE:
-        @functools.wraps(fn)
-        def before(*args, **kwargs):
-            try:
-                return fn(*args, **kwargs)
-            except Exception as e:
-                report(name, e)
-                return None
-        return before
+    if hook_type == HookType.AFTER:  # called as fn(result, *args): upstream's result stands
+        return _with_fallback(fn, name, lambda args: args[0])
+    if hook_type == HookType.BEFORE:  # None: the call goes on with its own arguments
+        return _with_fallback(fn, name, lambda args: None)
     if hook_type == HookType.AROUND:
         @functools.wraps(fn)
         def around(original, *args, **kwargs):

@@ -106,15 +106,6 @@ class AgentBackend(RequestListener):
         except Exception:
             logger.exception("sglang-agent: reporting a failed hook failed too")
 
-    def guarded(self, name: str, fallback: Any = None) -> Callable:
-        """Decorator form of the guard for hooks (patches/)."""
-        def wrap(fn):
-            @functools.wraps(fn)
-            def inner(*args):
-                return self._guard(name, fn, *args, fallback=fallback)
-            return inner
-        return wrap
-
     # ---- upstream's entry points ---------------------------------------------------------------
     def tick(self, now_s: float) -> None:
         """Once per scheduler step, with the time TP rank 0 read: the step clock moves, lapsed pins

@@ -342,14 +342,8 @@ class WorkflowRegistry:
             values = [self.steps[wf_id][agent] for wf_id, agent in self.role_members.get(role, ())]
             values += [self.predicted[wf_id][role] for wf_id in self.predicted_by_role.get(role, ())]
             soonest[role] = min((v for v in values if v is not None), default=None)
-        pushed = {ROLE_PREFIX + r: v for r, v in soonest.items() if r in self.role_last_session}
-        self.kv.set_session_steps(pushed)
-        if self.host_tier is not None:
-            # A role due now or next should find its prompt on the GPU, whichever instance runs it
-            # (KVFlow's prefetch, for the role's prefix as for an agent's session).
-            for key, value in pushed.items():
-                if value is not None and value <= 1:
-                    self.host_tier.prefetch_prefix(key)
+        # A role due now or next finds its prompt on the GPU, whichever instance runs it.
+        self._set_steps({ROLE_PREFIX + r: v for r, v in soonest.items() if r in self.role_last_session})
 
     def _push_sessions(self, sessions) -> None:
         """A session serving in several live workflows is needed as soon as the soonest needs it; one
@@ -365,12 +359,16 @@ class WorkflowRegistry:
             values = [self.steps[wf][a] for wf, a in roles if not (wf in self.learned and self.steps[wf][a] is None)]
             known = [v for v in values if v is not None]
             per_session[session_id] = min(known) if known else (NEVER_AGAIN if values else None)
-        self.kv.set_session_steps(per_session)
+        self._set_steps(per_session)
+
+    def _set_steps(self, steps: dict[str, Optional[int]]) -> None:
+        """Each key's steps-to-execution go to the tree's eviction order; with a host tier, the keys
+        due now or next (an agent's session, a role's prefix) are prefetched to the GPU (KVFlow)."""
+        self.kv.set_session_steps(steps)
         if self.host_tier is not None:
-            # The agents due now or next should find their prefixes on the GPU (KVFlow prefetch).
-            for session_id, value in per_session.items():
+            for key, value in steps.items():
                 if value is not None and value <= 1:
-                    self.host_tier.prefetch_prefix(session_id)
+                    self.host_tier.prefetch_prefix(key)
 
     def _forget(self, workflow) -> None:
         """An ended workflow leaves no state behind but its id (for a clear 409; a learned one not
