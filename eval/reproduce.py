@@ -24,6 +24,7 @@ import csv
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Optional
 
 from tqdm import tqdm
 
@@ -67,10 +68,32 @@ def workloads(quick: bool) -> dict[str, tuple[Workload, list[Program]]]:
     }
 
 
-def sweep(work, cost, out: Path, seed: int) -> list[dict]:
+def _number(text: str):
+    try:
+        return int(text)
+    except ValueError:
+        try:
+            return float(text)
+        except ValueError:
+            return text
+
+
+def sweep(work, cost, out: Path, seed: int, rerun: Optional[set[str]] = None) -> list[dict]:
+    """Every policy at every load into sweep.csv; with `rerun`, only those policies are simulated
+    and every other row is kept from the sweep.csv already in `out` (same workload, load, policy)."""
+    kept = {}
+    if rerun:
+        with open(out / "sweep.csv", newline="") as f:
+            kept = {(r["workload"], float(r["rate_per_s"]), r["policy"]): {k: _number(v) for k, v in r.items()}
+                    for r in csv.DictReader(f)}
     rows = []
     jobs = [(name, rate, policy) for name, (w, _) in work.items() for rate in w.rates_per_s for policy in POLICIES]
     for name, rate, policy in tqdm(jobs, desc="load sweep", unit="run"):
+        if rerun and policy not in rerun:
+            if (name, rate, policy) not in kept:
+                raise SystemExit(f"{out / 'sweep.csv'} has no row for {name} at {rate}/s under {policy}: run the whole sweep")
+            rows.append(kept[(name, rate, policy)])
+            continue
         programs = with_poisson_arrivals(work[name][1], rate, seed)
         started = time.perf_counter()
         summary = summarize(simulate(programs, cost, POLICIES[policy]))
@@ -302,6 +325,9 @@ def main(argv=None) -> None:
     parser.add_argument("--quick", action="store_true", help="small workloads, for a smoke run")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--rerun-policies", nargs="+", choices=sorted(POLICIES), metavar="POLICY",
+                        help="load sweep only: simulate these policies again and keep every other row of the "
+                             "sweep.csv already in --out (after a change that only they run)")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     if args.targets:
@@ -314,7 +340,7 @@ def main(argv=None) -> None:
     figures = FIGURES if args.all else tuple(args.figure)
     written = []
     if set(figures) & {"jct", "throughput", "hit_rate"}:
-        rows = sweep(work, cost, args.out, args.seed)
+        rows = sweep(work, cost, args.out, args.seed, set(args.rerun_policies or ()))
         for figure in figures:
             if figure in ("jct", "throughput", "hit_rate"):
                 written += plot_sweep(rows, args.out, figure)

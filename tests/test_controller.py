@@ -11,6 +11,7 @@ from sglang_agent.config import AgentServerArgs
 from sglang_agent.controller import AgentController, LoadSnapshot
 from sglang_agent.hints import HintError, InlineAgentHint, ToolStart, WorkflowAgent, WorkflowDef, WorkflowStep
 from sglang_agent.policy.session_machine import State
+from sglang_agent.policy.temporal import HostEvents
 from test_agent_radix_cache import insert, make_cache, match
 
 
@@ -669,47 +670,49 @@ def test_a_turn_touches_no_per_session_state_of_a_shared_prefix(env, monkeypatch
     assert sum(shared.step_counts.values()) == 3
 
 
+class FakeHost:
+    """A host tier that reports the events a test sets, and the headroom each poll was given."""
+
+    def __init__(self):
+        self.jobs, self.events, self.polled_headroom = {}, HostEvents(), []
+
+    def reload_s(self, tokens):
+        return 0.001 * tokens / 100
+
+    def room_tokens(self):
+        return 10_000
+
+    def offload(self, session_id, tokens, prefetch_at, keep_until):
+        self.jobs[session_id] = (prefetch_at, keep_until)
+
+    def prefetch_now(self, session_id):
+        pass
+
+    def turn_arrived(self, session_id):
+        self.jobs.pop(session_id, None)
+
+    def prefetch_prefix(self, session_id):
+        return 0
+
+    def forget(self, session_id):
+        self.jobs.pop(session_id, None)
+
+    def has_job(self, session_id):
+        return session_id in self.jobs
+
+    def poll(self, now, headroom_tokens):
+        self.polled_headroom.append(headroom_tokens)
+        events, self.events = self.events, HostEvents()
+        return events
+
+    def snapshot(self):
+        return {"host_tier": "fake"}
+
+
 def test_a_reloaded_session_is_protected_until_its_predicted_return(env):
     """Defect (issue "No lost work", 9c): the reloaded KV was unprotected and could be evicted again
     before the turn arrived. A reload the host tier reports back is pinned until the predicted
     return plus the grace; the resumed turn consumes it."""
-    from sglang_agent.policy.temporal import HostEvents
-
-    class FakeHost:
-        def __init__(self):
-            self.jobs, self.events = {}, HostEvents()
-
-        def reload_s(self, tokens):
-            return 0.001 * tokens / 100
-
-        def room_tokens(self):
-            return 10_000
-
-        def offload(self, session_id, tokens, prefetch_at, keep_until):
-            self.jobs[session_id] = (prefetch_at, keep_until)
-
-        def prefetch_now(self, session_id):
-            pass
-
-        def turn_arrived(self, session_id):
-            self.jobs.pop(session_id, None)
-
-        def prefetch_prefix(self, session_id):
-            return 0
-
-        def forget(self, session_id):
-            self.jobs.pop(session_id, None)
-
-        def has_job(self, session_id):
-            return session_id in self.jobs
-
-        def poll(self, now, headroom_tokens):
-            events, self.events = self.events, HostEvents()
-            return events
-
-        def snapshot(self):
-            return {"host_tier": "fake"}
-
     cache, clock, ctl = env(pool=400, resume_grace_s=2.0)
     host = ctl.host_tier = ctl.workflows.host_tier = FakeHost()
     ctl.load_probe = lambda: LoadSnapshot(waiting_requests=3)  # memory pressure: offload
@@ -725,6 +728,57 @@ def test_a_reloaded_session_is_protected_until_its_predicted_return(env):
     run_turn_end = insert(cache, list(range(60)) + [1])
     ctl.turn_finished(FakeReq("r2", run_turn_end.last_device_node, list(range(60)), 60))
     assert cache.pin_deadline("a") is None
+
+
+def test_with_a_host_tier_a_pin_takes_no_memory_the_waiting_requests_need(env):
+    """The policy's pin over a tool call too short to offload is a guess; with a host tier an
+    eviction costs only a reload, so it yields to the waiting prompts (counted), while a pin the
+    client asked for (an explicit TTL) is made as before."""
+    cache, clock, ctl = env(pool=400)
+    host = ctl.host_tier = ctl.workflows.host_tier = FakeHost()
+    host.reload_s = lambda tokens: 1.0  # the tool is too short to be worth an offload
+    run_turn(cache, ctl, "a", "r1", range(60))
+    ctl.load_probe = lambda: LoadSnapshot(waiting_requests=1, waiting_tokens=cache.free_tokens() - 30)
+    answer = ctl.tool_start(ToolStart("a", "bash", 1.0))
+    assert answer["action"] == "drop" and "waiting requests" in answer["reason"], answer
+    assert ctl.snapshot()["pins_refused_for_waiting_requests"] == 1 and cache.pin_deadline("a") is None
+    clock.now += 1.0
+    ctl.tool_end("a")
+    run_turn(cache, ctl, "a", "r2", range(61))
+    room = cache.free_tokens() - 70  # the queue's prompts and the session's 61 tokens both fit
+    ctl.load_probe = lambda: LoadSnapshot(waiting_requests=1, waiting_tokens=room)
+    second = ctl.tool_start(ToolStart("a", "bash", 1.0))
+    assert second["action"] == "pin", (second["reason"], second)
+    clock.now += 1.0
+    ctl.tool_end("a")
+    run_turn(cache, ctl, "a", "r3", range(62))
+    ctl.load_probe = lambda: LoadSnapshot(waiting_requests=1, waiting_tokens=cache.free_tokens() - 30)
+    assert ctl.tool_start(ToolStart("a", "bash", ttl_s=5.0))["action"] == "pin"  # asked for: made
+
+
+def test_a_prefetch_never_takes_memory_the_waiting_requests_need(env):
+    """A prefetch is a guess about a turn to come; a waiting request is here. The host tier polls
+    with the headroom beyond the running requests' reserve and the waiting prompts, and a session
+    reloaded into memory the queue needs is not pinned there (the reload stays an ordinary cached
+    prefix that eviction may take for the queue)."""
+    cache, clock, ctl = env(pool=400, resume_grace_s=2.0)
+    host = ctl.host_tier = ctl.workflows.host_tier = FakeHost()
+    ctl.load_probe = lambda: LoadSnapshot(waiting_requests=3)
+    run_turn(cache, ctl, "a", "r1", range(60))
+    assert ctl.tool_start(ToolStart("a", "build", 20.0))["action"] == "offload"
+    free = cache.free_tokens()
+    ctl.load_probe = lambda: LoadSnapshot(waiting_requests=2, waiting_tokens=120, decode_reserve_tokens=30)
+    ctl.on_step()
+    assert host.polled_headroom[-1] == free - 30 - 120
+    ctl.load_probe = lambda: LoadSnapshot(waiting_requests=2, waiting_tokens=free)  # the queue needs it all
+    host.events = HostEvents(reloaded={"a": 25.0})
+    ctl.on_step()
+    assert host.polled_headroom[-1] <= 0
+    assert cache.pin_deadline("a") is None and ctl.stats.prefetches_protected == 0
+    ctl.load_probe = lambda: LoadSnapshot(waiting_requests=0)  # the queue drained: the next reload is kept
+    host.events = HostEvents(reloaded={"a": 25.0})
+    ctl.on_step()
+    assert cache.pin_deadline("a") == 27.0 and ctl.stats.prefetches_protected == 1
 
 
 # ---- zero-hint agents: tool calls recognised, sessions found from the prompt ----------------------

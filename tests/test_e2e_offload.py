@@ -5,6 +5,8 @@ from host memory, and generates exactly what a session whose prefix never left t
 
 from __future__ import annotations
 
+import time
+
 import pytest
 import requests
 
@@ -108,11 +110,18 @@ def test_offloaded_session_resumes_from_host_with_identical_output(server):
 
 def test_turn_arriving_before_the_reload_is_a_miss_and_still_hits_host(server):
     first = generate(server, prompt(2), {"session_id": "early"}).json()
+    freed_before = stats(server)["gpu_tokens_freed"]
     with hold_memory(server, seed=78):
         start = post(server, "/agent/tool_start", {"session_id": "early", "tool_name": "slow_tool",
                                                    "expected_duration_s": 30})
     assert start["action"] == "offload", start
+    # The path leaves the GPU once HiCache's write-through copy has landed (at tool_start, or a
+    # later step on a slow machine): the turn must come after that to be the miss this tests.
+    deadline = time.monotonic() + 60
+    while stats(server)["gpu_tokens_freed"] == freed_before and time.monotonic() < deadline:
+        time.sleep(0.2)
     before = stats(server)
+    assert before["gpu_tokens_freed"] > freed_before, before
     # No tool_end: the next turn itself says the tool returned, well before the prediction.
     resumed = generate(server, prompt(2) + first["text"] + " done", {"session_id": "early"}).json()
     after = stats(server)

@@ -3,6 +3,8 @@ the numbers in the CSV are the simulator's, not placeholders."""
 
 import csv
 
+import pytest
+
 from eval import reproduce
 
 
@@ -23,6 +25,18 @@ def test_quick_reproduce_writes_figures_and_data(tmp_path):
     for workload, rate, policy in by:
         if policy == "vllm":
             assert by[(workload, rate, "vllm")] >= by[(workload, rate, "sglang-lru")]
+
+    # --rerun-policies simulates only those policies again and keeps every other row as it was.
+    marked = [dict(r, avg_jct_s="12345.5") if r["policy"] == "vllm" else r for r in rows]
+    reproduce.write_csv(tmp_path / "sweep.csv", marked)
+    reproduce.main(["--figure", "jct", "--quick", "--rerun-policies", "ours", "--out", str(tmp_path)])
+    again = list(csv.DictReader(open(tmp_path / "sweep.csv")))
+    assert [(r["workload"], r["rate_per_s"], r["policy"]) for r in again] == [(r["workload"], r["rate_per_s"], r["policy"]) for r in rows]
+    assert all(r["avg_jct_s"] == "12345.5" for r in again if r["policy"] == "vllm")
+    assert all(float(r["avg_jct_s"]) == by[(r["workload"], r["rate_per_s"], "ours")] for r in again if r["policy"] == "ours")
+    reproduce.write_csv(tmp_path / "sweep.csv", [r for r in rows if r["policy"] != "sglang-lru"])
+    with pytest.raises(SystemExit, match="no row"):
+        reproduce.main(["--figure", "jct", "--quick", "--rerun-policies", "ours", "--out", str(tmp_path)])
 
 
 def test_quick_workflows_figure_writes_every_policy_and_column(tmp_path):

@@ -47,6 +47,7 @@ class AgentStats:
     pins_created: int = 0
     pins_refused: int = 0
     pins_refused_for_running_requests: int = 0  # the running batch's decode needs that memory
+    pins_refused_for_waiting_requests: int = 0  # with a host tier: the waiting prompts need that memory
     pins_displaced: int = 0  # released early: by a new pin, for decode, or for admission
     pins_released_for_decode: int = 0
     pins_released_for_admission: int = 0  # nothing ran and the head of the queue did not fit

@@ -22,6 +22,8 @@ COUNTERS = {
     "copy_engine_bytes_to_gpu": ("sglang:agent_host_reloaded_bytes", "Bytes our copy engine moved host -> GPU."),
     "prefetch_hits": ("sglang:agent_prefetch_hits", "Offloaded sessions whose KV was reloaded before the next turn."),
     "prefetch_misses": ("sglang:agent_prefetch_misses", "Offloaded sessions whose next turn came before the reload."),
+    "pins_refused_for_waiting_requests": ("sglang:agent_pins_refused_for_waiting_requests",
+                                          "Pins refused with a host tier because the waiting requests' prompts need that memory."),
     "pins_displaced": ("sglang:agent_pins_displaced", "Pins released early: for a new pin, the running batch's decode, or admission."),
     "pins_released_for_decode": ("sglang:agent_pins_released_for_decode",
                                  "Pins released so the running batch could decode without a retraction."),
